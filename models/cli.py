@@ -1,0 +1,27 @@
+"""The ``asa`` command line: one thin entry per command; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import typer
+
+from models.asa import commands as asa_commands
+from models.data import commands as data_commands
+from models.io import commands as io_commands
+
+app = typer.Typer(
+    name="asa",
+    help="ASA-CT: self-supervised pretraining and segmentation for 3D CT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("info")(io_commands.info)
+app.command("phantom")(data_commands.phantom)
+app.command("sample-data")(io_commands.sample_data)
+app.command("pretrain")(asa_commands.pretrain)
+app.command("order-map")(asa_commands.order_map)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,6 @@
+"""CLI: ``asa phantom``."""
+
+
+def phantom() -> None:
+    """Write synthetic abdominal phantoms."""
+    raise NotImplementedError
