@@ -1,0 +1,322 @@
+"""The one CT reader of the product: every format becomes the same canonical HU volume.
+
+Everything downstream (training, inference, ``asa info``) sees a :class:`CTImage` whose array is
+float32 Hounsfield units in closest-canonical RAS+ voxel order (nibabel's ``as_closest_canonical``
+semantics: axes are permuted/flipped, never resampled). Because results must go back to the
+clinician in the *input's* own grid (same voxel order as the DICOM slices or the NIfTI file), the
+image also carries a :class:`SourceSpace` that undoes the reorientation exactly
+(:meth:`CTImage.to_source`).
+
+Formats: NIfTI (.nii, .nii.gz), DICOM series (folder, .zip, list of files; see
+:mod:`models.io.dicom`), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import (
+    aff2axcodes,
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+
+__all__ = ["CTImage", "CTReadError", "SourceSpace", "load_ct", "load_label", "save_nifti"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_RAS_ORNT = axcodes2ornt(("R", "A", "S"))
+
+
+class CTReadError(ValueError):
+    """A scan could not be read as a CT volume; the message names the problem and the file/series."""
+
+
+@dataclass(frozen=True)
+class SourceSpace:
+    """How the canonical array maps back to the input's own voxel grid.
+
+    ``ornt`` is nibabel's orientation of the *source* axes relative to RAS (``io_orientation`` of
+    ``affine``): canonical = source permuted/flipped by ``ornt``; :meth:`to_source` inverts it.
+    For DICOM the source axes are (column, row, slice) with slices in ``slice_order`` (the
+    SOPInstanceUIDs sorted along the slice normal), so ``source[:, :, k].T`` is slice k's pixels.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    ornt: np.ndarray
+    axcodes: str
+    slice_order: tuple[str, ...] = ()
+
+    @property
+    def to_canonical_transform(self) -> np.ndarray:
+        """nibabel orientation transform source -> canonical (RAS)."""
+        return ornt_transform(self.ornt, _RAS_ORNT)
+
+    @property
+    def to_source_transform(self) -> np.ndarray:
+        """nibabel orientation transform canonical (RAS) -> source."""
+        return ornt_transform(_RAS_ORNT, self.ornt)
+
+
+@dataclass
+class CTImage:
+    """A CT volume in HU, canonical RAS voxel order, plus the way back to the source grid."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: SourceSpace
+    meta: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along (i, j, k) of ``array``."""
+        return _spacing(self.affine)
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes of ``array`` (``"RAS"`` after canonicalisation)."""
+        return "".join(aff2axcodes(self.affine))
+
+    def to_source(self, volume: np.ndarray) -> np.ndarray:
+        """Map an array on ``array``'s grid (label map, probabilities...) to the input's voxel order.
+
+        Only the first three axes are spatial; trailing axes (e.g. channels-last) are kept. The
+        result, written with ``source.affine``, overlays the original file voxel for voxel.
+        """
+        vol = np.asarray(volume)
+        if vol.shape[:3] != self.array.shape:
+            raise ValueError(
+                f"to_source: volume shape {vol.shape[:3]} is not the canonical grid {self.array.shape}"
+            )
+        return np.ascontiguousarray(apply_orientation(vol, self.source.to_source_transform))
+
+
+def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Column norms of the 3x3 part: the mm step per voxel along each array axis."""
+    norms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+
+def canonicalise(
+    array: np.ndarray,
+    affine: np.ndarray,
+    meta: dict[str, Any],
+    warnings: list[str] | None = None,
+    slice_order: Sequence[str] = (),
+) -> CTImage:
+    """Wrap a source-grid HU array into a :class:`CTImage` (closest-canonical RAS voxel order).
+
+    Shared by every format so the orientation logic exists exactly once.
+    """
+    if array.ndim != 3:
+        raise CTReadError(f"expected a 3D volume, got shape {array.shape} in {meta.get('path')}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise CTReadError(f"invalid (singular or non-finite) affine in {meta.get('path')}:\n{affine}")
+    ornt = io_orientation(affine)
+    transform = ornt_transform(ornt, _RAS_ORNT)
+    canon = np.ascontiguousarray(apply_orientation(array, transform), dtype=np.float32)
+    canon_affine = affine @ inv_ornt_aff(transform, array.shape)
+    source = SourceSpace(
+        shape=tuple(int(s) for s in array.shape),  # type: ignore[arg-type]
+        affine=affine,
+        ornt=ornt,
+        axcodes="".join(aff2axcodes(affine)),
+        slice_order=tuple(slice_order),
+    )
+    return CTImage(array=canon, affine=canon_affine, source=source, meta=meta, warnings=list(warnings or []))
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suf in (*NIFTI_SUFFIXES, *ITK_SUFFIXES, ".zip"):
+        if name.endswith(suf):
+            return suf
+    return path.suffix.lower()
+
+
+def load_ct(src: str | Path | Sequence[str | Path], series_uid: str | None = None) -> CTImage:
+    """Read a CT scan from any supported input into a canonical HU :class:`CTImage`.
+
+    ``src`` is a NIfTI/NRRD/MetaImage file, a DICOM folder (searched recursively), a ``.zip`` of
+    DICOM files, a single DICOM file (its folder is *not* scanned) or a list of DICOM files.
+    ``series_uid`` picks one DICOM series when several are present.
+    Raises :class:`CTReadError` with the file/series named for every unreadable input.
+    """
+    from models.io import dicom  # local import: dicom imports this module
+
+    if not isinstance(src, str | Path):
+        files = [Path(p) for p in src]
+        if not files:
+            raise CTReadError("load_ct: empty list of files")
+        return dicom.load_dicom_files(files, series_uid=series_uid)
+    path = Path(src)
+    if not path.exists():
+        raise CTReadError(f"no such file or folder: {path}")
+    if path.is_dir():
+        return dicom.load_dicom_folder(path, series_uid=series_uid)
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _load_nifti(path)
+    if suffix in ITK_SUFFIXES:
+        return _load_itk(path)
+    if suffix == ".zip" or zipfile.is_zipfile(path):
+        return dicom.load_dicom_zip(path, series_uid=series_uid)
+    return dicom.load_dicom_files([path], series_uid=series_uid)
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+
+def _read_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """nibabel load with the failure turned into a CTReadError naming the file."""
+    try:
+        img = nib.load(str(path))
+        _ = img.shape
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise CTReadError(f"cannot read NIfTI file {path}: {exc}") from exc
+    return img  # type: ignore[return-value]
+
+
+def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
+    """Accept trailing singleton dimensions (4D with one volume), refuse real 4D/2D data."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise CTReadError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return data
+
+
+def _load_nifti(path: Path) -> CTImage:
+    """NIfTI: ``get_fdata`` applies scl_slope/scl_inter exactly as nibabel defines them."""
+    img = _read_nifti(path)
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:
+        raise CTReadError(f"cannot read the voxel data of NIfTI file {path}: {exc}") from exc
+    data = _squeeze_to_3d(data, path)
+    meta = {
+        "format": "nifti",
+        "path": str(path),
+        "dtype": str(img.get_data_dtype()),
+        "scl_slope": _finite_or_none(img.dataobj.slope),
+        "scl_inter": _finite_or_none(img.dataobj.inter),
+    }
+    return canonicalise(data, img.affine, meta)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+# --------------------------------------------------------------------------- NRRD / MetaImage
+
+
+def itk_to_ras_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """ITK geometry (LPS world, row-major 3x3 direction) -> 4x4 voxel(i, j, k) -> RAS affine."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(np.asarray(spacing, float))
+    lps[:3, 3] = np.asarray(origin, dtype=np.float64)
+    return LPS_TO_RAS @ lps
+
+
+def _load_itk(path: Path) -> CTImage:
+    """NRRD/MetaImage through SimpleITK, whose geometry is always LPS (it converts RAS-space NRRD)."""
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except Exception as exc:  # SimpleITK raises RuntimeError with a long ITK message
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CTReadError(f"cannot read image file {path}: {first}") from exc
+    if img.GetDimension() != 3:
+        raise CTReadError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise CTReadError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components")
+    data = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)  # ITK array is [k, j, i]
+    affine = itk_to_ras_affine(img.GetDirection(), img.GetSpacing(), img.GetOrigin())
+    fmt = "nrrd" if _suffix(path) in (".nrrd", ".nhdr") else "metaimage"
+    meta = {"format": fmt, "path": str(path), "dtype": img.GetPixelIDTypeAsString()}
+    return canonicalise(data, affine, meta)
+
+
+# --------------------------------------------------------------------------- labels and writing
+
+
+def _grids_match(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> bool:
+    """Same voxel centres: directions within 1e-4 (relative), origins within 1% of a voxel."""
+    tol = 0.01 * float(min(spacing))
+    return bool(
+        np.allclose(a[:3, :3], b[:3, :3], atol=1e-4 * float(max(spacing)), rtol=0)
+        and np.allclose(a[:3, 3], b[:3, 3], atol=max(tol, 1e-4), rtol=0)
+    )
+
+
+def load_label(path: str | Path, like: CTImage) -> np.ndarray:
+    """Read a label/mask NIfTI defined on the scan's grid, in ``like.array``'s voxel order.
+
+    The label may be stored in any axis order/flip of that grid (e.g. LAS from dcm2niix for an LPS
+    DICOM): it is canonicalised the same way and must then have exactly the scan's canonical
+    shape and affine, else :class:`CTReadError` (we never resample a label silently).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CTReadError(f"no such label file: {path}")
+    suffix = _suffix(path)
+    if suffix in ITK_SUFFIXES:
+        lab_img = _load_itk(path)
+        data, affine, src_shape = lab_img.array, lab_img.affine, lab_img.source.shape
+    else:
+        img = _read_nifti(path)
+        raw = _squeeze_to_3d(np.asanyarray(img.dataobj), path)
+        transform = ornt_transform(io_orientation(img.affine), _RAS_ORNT)
+        data = np.ascontiguousarray(apply_orientation(raw, transform))
+        affine = img.affine @ inv_ornt_aff(transform, raw.shape)
+        src_shape = raw.shape
+    if data.shape != like.array.shape or not _grids_match(affine, like.affine, like.spacing):
+        raise CTReadError(
+            f"label {path} is not on the grid of the scan {like.meta.get('path', '')}: label shape "
+            f"{tuple(src_shape)} (canonical {data.shape}), scan shape {like.source.shape} (canonical "
+            f"{like.array.shape}); label affine (canonical)\n{np.round(affine, 4)}\nscan affine\n"
+            f"{np.round(like.affine, 4)}"
+        )
+    if np.issubdtype(data.dtype, np.floating) and np.all(np.mod(data, 1) == 0):
+        data = data.astype(np.int32 if data.size and np.abs(data).max() > 32767 else np.int16)
+    return data
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: Any = None) -> None:
+    """Write ``array`` with ``affine`` (sform and qform) to ``path``; creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    elif arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.header.set_data_dtype(arr.dtype)
+    img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
+    img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
+    nib.save(img, str(path))
