@@ -86,8 +86,9 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    """SGD with linear warm-up then cosine to zero; EMA momentum on a cosine from ema_start to 1."""
+    """SGD (or AdamW) with linear warm-up then cosine to zero; EMA momentum on a cosine from ema_start to 1."""
 
+    name: Literal["sgd", "adamw"] = Field("sgd", description="SGD (paper) or AdamW")
     lr: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)

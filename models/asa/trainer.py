@@ -1,0 +1,320 @@
+"""ASA pretraining loop: data → student/teacher → optimiser → schedules → resume → steps.
+
+Runs the same on one CPU, one GPU, or N processes under ``torchrun`` (gloo on CPU, NCCL on GPU).
+Gradients are averaged with one all-reduce per step instead of DDP, because the two phases use
+different parts of the network (DDP would need ``find_unused_parameters`` and one forward per
+backward, while phase 2 runs the student on two views).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+import models
+from models.asa import pretext
+from models.asa.data import PretrainViews, StepSampler, collate, phase_of_step, step_seed, steps_per_pass, total_steps
+from models.asa.model import ASA
+from models.asa.schedules import ema_momentum, warmup_cosine
+from models.config import PretrainConfig, save_config
+from models.data.cache import cached_volume
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+# -- distributed helpers ---------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join the process group ``torchrun`` describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in (None, "cuda")
+    dev = torch.device(f"cuda:{local}" if use_cuda else (device or "cpu"))
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank=rank, world=world, device=dev)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """One flat all-reduce of every gradient this step produced (same set on every rank)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def save_checkpoint(
+    path: Path, model: ASA, optimizer: torch.optim.Optimizer, step: int, total: int, cfg: PretrainConfig
+) -> None:
+    """Everything needed to continue exactly, written atomically (a kill never leaves half a file)."""
+    state = {
+        "student": model.student.state_dict(),
+        "teacher": model.teacher.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "total_steps": total,
+        "config": cfg.model_dump(mode="json"),
+        "version": models.__version__,
+        "torch": torch.__version__,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(run_or_file: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = run_or_file / CHECKPOINT if run_or_file.is_dir() else run_or_file
+    if not path.exists():
+        raise FileNotFoundError(f"no ASA checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+class _StopFlag:
+    """Set by SIGTERM / SIGINT so the loop can finish its step and checkpoint."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some workers): no handler
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("signal %s: stopping after this step with a checkpoint", signum)
+        self.stop = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_data(cases: list[Any], cfg: PretrainConfig, cache_dir: Path, ctx: Dist, show: bool) -> list[Path]:
+    """Preprocess every scan once (main process); the other processes wait, then reuse the cache."""
+    from tqdm.auto import tqdm
+
+    paths: list[Path] = []
+    if ctx.main:
+        paths = [cached_volume(c.image, cfg.data, cache_dir) for c in tqdm(cases, "preprocessing", disable=not show)]
+    ctx.barrier()
+    if not ctx.main:
+        paths = [cached_volume(c.image, cfg.data, cache_dir) for c in cases]
+    return paths
+
+
+@torch.no_grad()
+def evaluate_order(model: ASA, volumes: list[torch.Tensor], cfg: PretrainConfig, seed: int = 1234) -> dict[str, float]:
+    """Held-out phase-1 figures for the teacher and the student: order error in voxels, recovery MSE."""
+    grid = (cfg.data.grid,) * 3
+    out: dict[str, float] = {"baseline_order_error_vox": pretext.mean_position_error_voxels(grid)}
+    for name, net in (("teacher", model.teacher), ("student", model.student)):
+        was_training = net.training
+        net.eval()
+        g = torch.Generator().manual_seed(seed)
+        errors, recs = [], []
+        for x in volumes:
+            x = x[None].to(next(net.parameters()).device)
+            perm = pretext.random_permutations(1, grid[0] ** 3, g).to(x.device)
+            res = net(pretext.shuffle_subvolumes(x, perm))
+            errors.append(pretext.order_error_voxels(net.predict_order(res.tokens), perm, grid).item())
+            recs.append(torch.mean((res.recon.float() - x) ** 2).item())
+        net.train(was_training)
+        out[f"{name}_order_error_vox"] = float(np.mean(errors)) if errors else math.nan
+        out[f"{name}_recovery_mse"] = float(np.mean(recs)) if recs else math.nan
+    return out
+
+
+def build_optimizer(model: ASA, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.student.parameters() if p.requires_grad]
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    train_cases: list[Any],
+    out: Path,
+    *,
+    holdout_cases: list[Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) ASA pretraining into ``out``; returns the final held-out figures."""
+    from tqdm.auto import tqdm
+
+    ctx = init_distributed(device)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+
+    # ---- resume or start ----
+    state: dict[str, Any] | None = None
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        saved = PretrainConfig.model_validate(state["config"])
+        cfg = saved.model_copy(update={"steps": cfg.steps or saved.steps})
+    elif resume:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}")
+    if ctx.main:
+        save_config(cfg, out / "config.yaml")
+
+    # ---- data ----
+    cache_dir = cfg.data.cache_dir or out / "cache"
+
+    cached = _prepare_data(train_cases, cfg, cache_dir, ctx, progress)
+    held = _prepare_data(holdout_cases or [], cfg, cache_dir, ctx, progress)
+    views = PretrainViews(cached, cfg)
+    held_views = [PretrainViews(held, cfg)[(i, 0, 1)] for i in range(len(held))]
+    total = total_steps(cfg, len(cached))
+    per_pass = steps_per_pass(len(cached), cfg.batch_size)
+
+    # ---- model, optimiser, schedules ----
+    torch.manual_seed(cfg.seed)
+    model = ASA(cfg).to(ctx.device).train()
+    optimizer = build_optimizer(model, cfg)
+    lr = warmup_cosine(cfg.optim.lr, 0.0, total, round(cfg.optim.warmup_epochs * per_pass))
+    momentum = ema_momentum(cfg.optim.ema_start, total)
+    start = 0
+    if state is not None:
+        model.student.load_state_dict(state["student"])
+        model.teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    params = [p for p in model.student.parameters() if p.requires_grad]
+
+    loader = DataLoader(
+        views,
+        batch_sampler=StepSampler(cfg, len(cached), start, total, ctx.rank, ctx.world),
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=False,
+    )
+    writer = None
+    if ctx.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start)
+    metrics_file = None
+    if ctx.main:
+        _truncate_metrics(out / "metrics.jsonl", start)
+        metrics_file = (out / "metrics.jsonl").open("a")
+
+    def log_record(record: dict[str, Any]) -> None:
+        if metrics_file is None:
+            return
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step":
+                    writer.add_scalar(k if k.startswith("eval/") else f"train/{k}", v, record["step"])
+
+    step = start
+    final_eval: dict[str, Any] = {}
+    bar_steps = tqdm(total=total, initial=start, desc="ASA pretraining", disable=not (progress and ctx.main))
+    try:
+        with _StopFlag() as flag:
+            for batch in loader:
+                t0 = time.perf_counter()
+                phase = phase_of_step(step, per_pass, cfg.alternate)
+                torch.manual_seed(step_seed(cfg.seed, step, 10_000 + ctx.rank))  # drop-path: resumable
+                generator = torch.Generator().manual_seed(step_seed(cfg.seed, step, 20_000 + ctx.rank))
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr[step])
+                x = batch.to(ctx.device, non_blocking=True)
+                loss, stats = (model.phase1 if phase == 1 else model.phase2)(x, generator)
+                if not math.isfinite(stats["loss"]):
+                    raise FloatingPointError(f"non-finite loss at step {step} (phase {phase}): {stats}")
+                optimizer.zero_grad(set_to_none=True)  # phase 2 leaves decoder grads None: SGD skips them
+                loss.backward()
+                average_gradients(params, ctx.world)
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                optimizer.step()
+                model.update_teacher(float(momentum[step]))
+                step += 1
+                elapsed = time.perf_counter() - t0
+                record = {
+                    "step": step,
+                    "phase": phase,
+                    **stats,
+                    "lr": float(lr[step - 1]),
+                    "ema_momentum": float(momentum[step - 1]),
+                    "samples_per_s": cfg.batch_size / max(elapsed, 1e-9),
+                    "time": time.time(),
+                }
+                if step % cfg.log_every == 0 or step == total:
+                    log_record(record)
+                bar_steps.update(1)
+                bar_steps.set_postfix(phase=phase, loss=f"{stats['loss']:.4f}")
+                if held_views and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    log_record(
+                        {"step": step, **{f"eval/{k}": v for k, v in evaluate_order(model, held_views, cfg).items()}}
+                    )
+                if ctx.main and (step % cfg.checkpoint_every == 0 or step == total or flag.stop):
+                    save_checkpoint(ckpt_path, model, optimizer, step, total, cfg)
+                if flag.stop:
+                    break
+    finally:
+        bar_steps.close()
+    if ctx.main and step == total and held_views:
+        final_eval = evaluate_order(model, held_views, cfg)
+        log_record({"step": step, **{f"eval/{k}": v for k, v in final_eval.items()}})
+        (out / "eval.json").write_text(json.dumps(final_eval, indent=2))
+    if metrics_file is not None:
+        metrics_file.close()
+    if writer is not None:
+        writer.close()
+    ctx.barrier()
+    return {"step": step, "total_steps": total, "completed": step == total, **final_eval}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint's step so the log reads like one run."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
