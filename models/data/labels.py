@@ -1,0 +1,66 @@
+"""BTCV multi-organ label ids, names and display colours.
+
+The 13 abdominal organs of the Beyond-the-Cranial-Vault (BTCV, MICCAI 2015) challenge are the label
+set of Swin UNETR's segmentation benchmark, so the phantoms use the same ids: a model fine-tuned on the
+phantoms can be evaluated on BTCV without any remapping.
+"""
+
+from __future__ import annotations
+
+BACKGROUND = 0
+SPLEEN = 1
+RIGHT_KIDNEY = 2
+LEFT_KIDNEY = 3
+GALLBLADDER = 4
+ESOPHAGUS = 5
+LIVER = 6
+STOMACH = 7
+AORTA = 8
+IVC = 9
+PORTAL_SPLENIC_VEINS = 10
+PANCREAS = 11
+RIGHT_ADRENAL = 12
+LEFT_ADRENAL = 13
+
+BTCV_LABELS: dict[int, str] = {
+    SPLEEN: "spleen",
+    RIGHT_KIDNEY: "right kidney",
+    LEFT_KIDNEY: "left kidney",
+    GALLBLADDER: "gallbladder",
+    ESOPHAGUS: "esophagus",
+    LIVER: "liver",
+    STOMACH: "stomach",
+    AORTA: "aorta",
+    IVC: "inferior vena cava",
+    PORTAL_SPLENIC_VEINS: "portal and splenic veins",
+    PANCREAS: "pancreas",
+    RIGHT_ADRENAL: "right adrenal gland",
+    LEFT_ADRENAL: "left adrenal gland",
+}
+"""Organ id -> name (background, id 0, is not listed: it is not an organ)."""
+
+# Colours follow the usual radiology / 3D Slicer look (liver brown, spleen purple, kidneys yellow,
+# arteries red, veins blue) so overlays read at a glance; every colour is distinct.
+BTCV_COLORS: dict[int, tuple[int, int, int]] = {
+    BACKGROUND: (0, 0, 0),
+    SPLEEN: (157, 108, 162),
+    RIGHT_KIDNEY: (212, 188, 70),
+    LEFT_KIDNEY: (245, 222, 140),
+    GALLBLADDER: (139, 170, 80),
+    ESOPHAGUS: (211, 171, 143),
+    LIVER: (166, 96, 62),
+    STOMACH: (255, 160, 160),
+    AORTA: (224, 40, 40),
+    IVC: (40, 70, 200),
+    PORTAL_SPLENIC_VEINS: (90, 180, 235),
+    PANCREAS: (249, 170, 70),
+    RIGHT_ADRENAL: (120, 200, 150),
+    LEFT_ADRENAL: (60, 140, 110),
+}
+"""Label id -> RGB (0-255), background included."""
+
+
+def msd_labels(labels: dict[int, str] | None = None) -> dict[str, str]:
+    """The ``labels`` entry of an MSD ``dataset.json``: string ids, background included."""
+    names = BTCV_LABELS if labels is None else labels
+    return {"0": "background", **{str(k): v for k, v in sorted(names.items()) if k != BACKGROUND}}
