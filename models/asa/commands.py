@@ -30,7 +30,8 @@ def pretrain(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """ASA self-supervised pretraining of a Swin UNETR (phase 1 / phase 2 alternating, EMA teacher)."""
-    from models.asa.trainer import CHECKPOINT, load_checkpoint, pretrain as run_pretrain
+    from models.asa.trainer import CHECKPOINT, load_checkpoint
+    from models.asa.trainer import pretrain as run_pretrain
     from models.config import PretrainConfig, build_config
     from models.data.datasets import load_dataset, split_holdout
 

@@ -182,8 +182,13 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) ASA pretraining into ``out``; returns the final held-out figures."""
+    """Run (or continue) ASA pretraining into ``out``; returns the final held-out figures.
+
+    ``stop_at`` ends this session after that global step with a checkpoint, exactly as an interruption
+    would (the schedules still span the whole run), so ``resume=True`` can continue it.
+    """
     from tqdm.auto import tqdm
 
     ctx = init_distributed(device)
@@ -227,7 +232,7 @@ def pretrain(
 
     loader = DataLoader(
         views,
-        batch_sampler=StepSampler(cfg, len(cached), start, total, ctx.rank, ctx.world),
+        batch_sampler=StepSampler(cfg, len(cached), start, min(total, stop_at or total), ctx.rank, ctx.world),
         collate_fn=collate,
         num_workers=cfg.data.num_workers,
         persistent_workers=False,
@@ -290,11 +295,11 @@ def pretrain(
                     log_record(record)
                 bar_steps.update(1)
                 bar_steps.set_postfix(phase=phase, loss=f"{stats['loss']:.4f}")
-                if held_views and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                if ctx.main and held_views and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     log_record(
                         {"step": step, **{f"eval/{k}": v for k, v in evaluate_order(model, held_views, cfg).items()}}
                     )
-                if ctx.main and (step % cfg.checkpoint_every == 0 or step == total or flag.stop):
+                if ctx.main and (step % cfg.checkpoint_every == 0 or step in (total, stop_at) or flag.stop):
                     save_checkpoint(ckpt_path, model, optimizer, step, total, cfg)
                 if flag.stop:
                     break
@@ -308,8 +313,22 @@ def pretrain(
         metrics_file.close()
     if writer is not None:
         writer.close()
+    if ctx.world > 1:
+        _check_in_sync(model, ctx, out)
     ctx.barrier()
     return {"step": step, "total_steps": total, "completed": step == total, **final_eval}
+
+
+def _check_in_sync(model: ASA, ctx: Dist, out: Path) -> None:
+    """Every process must end with the same weights; record each rank's checksum to prove it."""
+    local = torch.stack([sum(p.double().sum() for p in net.parameters()) for net in (model.student, model.teacher)])
+    gathered = [torch.zeros_like(local) for _ in range(ctx.world)]
+    dist.all_gather(gathered, local)
+    sums = [g.tolist() for g in gathered]
+    if ctx.main:
+        (out / "ranks.json").write_text(json.dumps({"world_size": ctx.world, "checksums": sums}, indent=2))
+    if any(s != sums[0] for s in sums):
+        raise RuntimeError(f"processes diverged: parameter checksums {sums}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
