@@ -125,12 +125,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": {
         "network": {"feature_size": 12, "projector_dim": 256, "projector_hidden": 256, "local_dim": 64},
         "data": {"roi": 64, "spacing": (3.0, 3.0, 4.0), "intensity_aug": 0.0},
-        "optim": {"lr": 0.05, "warmup_epochs": 2.0, "ema_start": 0.99},
-        "batch_size": 4,
-        "epochs": 40,
+        "optim": {
+            "name": "adamw",
+            "lr": 5e-4,
+            "weight_decay": 1e-5,
+            "warmup_epochs": 2.0,
+            "ema_start": 0.99,
+            "grad_clip": 3.0,
+        },
+        "batch_size": 2,
+        "epochs": 6,
         "checkpoint_every": 25,
         "holdout": 3,
-        "eval_every": 50,
+        "eval_every": 40,
     },
 }
 

@@ -27,6 +27,7 @@ import models
 from models.asa import pretext
 from models.asa.data import PretrainViews, StepSampler, collate, phase_of_step, step_seed, steps_per_pass, total_steps
 from models.asa.model import ASA
+from models.asa.report import plot_curves
 from models.asa.schedules import ema_momentum, warmup_cosine
 from models.config import PretrainConfig, save_config
 from models.data.cache import cached_volume
@@ -311,6 +312,7 @@ def pretrain(
         (out / "eval.json").write_text(json.dumps(final_eval, indent=2))
     if metrics_file is not None:
         metrics_file.close()
+        plot_curves(out / "metrics.jsonl", out / "loss_curves.png")
     if writer is not None:
         writer.close()
     if ctx.world > 1:
