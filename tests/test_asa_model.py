@@ -154,3 +154,13 @@ def test_schedules_have_exactly_one_value_per_step() -> None:
     m = ema_momentum(0.996, 50)
     assert len(m) == 50 and m[0] == pytest.approx(0.996) and m[-1] == 1.0
     assert len(warmup_cosine(1.0, 0.0, 1)) == 1
+
+
+def test_bf16_and_gradient_checkpointing_options_train(cfg) -> None:
+    fast = cfg.model_copy(update={"precision": "bf16"})
+    fast.network = fast.network.model_copy(update={"use_checkpoint": True})
+    torch.manual_seed(0)
+    asa = ASA(fast).train()
+    loss, m = asa.phase1(torch.rand(1, 1, 64, 64, 64), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert np.isfinite(m["loss"]) and any(p.grad is not None for p in asa.student.parameters())
