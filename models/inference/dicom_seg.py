@@ -1,0 +1,148 @@
+"""A DICOM Segmentation object (highdicom) that references the CT series it was computed from.
+
+Why: a DICOM-SEG is how masks go back to PACS and open in OHIF or Slicer next to the source series.
+Each frame references the source slice it lies on (by SOPInstanceUID), so the SEG must be built from the
+label map in the input's own slice order: ``result.labels[:, :, k]`` is slice ``k`` of
+``ct.meta['files']`` (the reader's order along the slice normal), transposed to (row, column).
+
+Anonymised series sometimes have blank UIDs (the TotalSegmentator sample does): a SEG cannot reference
+a blank UID, so stable substitutes are derived from the file names and the fact is returned as a
+warning (the SEG then lines up geometrically but will not link to the study in a PACS).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+import models
+from models.inference.segmenter import SegmentationResult
+
+# organ name -> SNOMED CT concept known to pydicom (laterality is carried by the segment label)
+_PROPERTY_TYPES = {
+    "spleen": "Spleen", "right kidney": "Kidney", "left kidney": "Kidney", "kidney": "Kidney",
+    "gallbladder": "Gallbladder", "esophagus": "Esophagus", "liver": "Liver", "stomach": "Stomach",
+    "aorta": "Aorta", "inferior vena cava": "InferiorVenaCava", "portal and splenic veins": "PortalVein",
+    "portal vein": "PortalVein", "splenic vein": "SplenicVein", "pancreas": "Pancreas",
+    "right adrenal gland": "AdrenalGland", "left adrenal gland": "AdrenalGland", "adrenal gland": "AdrenalGland",
+}  # fmt: skip
+
+
+def _property_type(name: str) -> pydicom.sr.coding.Code:
+    attr = _PROPERTY_TYPES.get(name.lower().replace("_", " "))
+    return getattr(codes.SCT, attr) if attr else codes.SCT.Organ
+
+
+def read_source_headers(files: list[str]) -> list[Dataset]:
+    """Headers of the source slices (no pixels), from files or ``archive.zip!member`` names."""
+    out = []
+    for name in files:
+        if "!" in name and zipfile.is_zipfile(name.split("!", 1)[0]):
+            archive, member = name.split("!", 1)
+            with zipfile.ZipFile(archive) as zf:
+                out.append(pydicom.dcmread(io.BytesIO(zf.read(member)), stop_before_pixels=True))
+        else:
+            out.append(pydicom.dcmread(name, stop_before_pixels=True))
+    return out
+
+
+def _fill_blank_uids(headers: list[Dataset], sop_uids: list[str], files: list[str]) -> list[str]:
+    """Give blank Study/Series/SOP Instance UIDs stable substitutes; return what was substituted."""
+    fixed = []
+    for h in headers:  # the class is not an identifier of the patient: take the file meta's copy
+        if not str(h.get("SOPClassUID", "") or ""):
+            meta = getattr(h, "file_meta", Dataset())
+            h.SOPClassUID = str(meta.get("MediaStorageSOPClassUID", "") or "") or pydicom.uid.CTImageStorage
+    for attr in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not all(str(h.get(attr, "") or "") for h in headers):
+            uid = generate_uid(entropy_srcs=[attr, *files])
+            for h in headers:
+                if not str(h.get(attr, "") or ""):
+                    setattr(h, attr, uid)
+            fixed.append(attr)
+    for k, (h, uid) in enumerate(zip(headers, sop_uids, strict=True)):
+        if not str(h.get("SOPInstanceUID", "") or ""):
+            # the reader's UID comes from the file meta when the dataset's is blank: the real one
+            h.SOPInstanceUID = uid or generate_uid(entropy_srcs=["SOPInstanceUID", files[k]])
+            if not uid and "SOPInstanceUID" not in fixed:
+                fixed.append("SOPInstanceUID")
+    return fixed
+
+
+# type 2 attributes (present, may be empty) that highdicom copies from the source; some exports omit them
+_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+          "StudyTime", "ReferringPhysicianName")
+
+
+def _complete_type2(headers: list[Dataset]) -> None:
+    """Add the missing type-2 attributes as empty values (what the standard allows when they are unknown)."""
+    for h in headers:
+        for attr in _TYPE2:
+            if attr not in h:
+                setattr(h, attr, "")
+
+
+def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
+    """Write ``result`` as a binary DICOM-SEG at ``path``; returns warnings (empty when all went cleanly).
+
+    One segment per organ that was found (segment numbers 1..N in label-id order; the segment label is the
+    organ's name, the colour its display colour). Organs with no voxel get no segment.
+    """
+    ct = result.ct
+    if ct.meta.get("format") != "dicom":
+        raise ValueError("a DICOM-SEG needs a DICOM input series")
+    files = list(ct.meta["files"])
+    headers = read_source_headers(files)
+    warnings = []
+    _complete_type2(headers)
+    fixed = _fill_blank_uids(headers, list(ct.meta.get("sop_instance_uids", [])), files)
+    if fixed:
+        warnings.append(f"the source series has blank {', '.join(fixed)} (anonymised?): the DICOM-SEG references "
+                        "substitute UIDs, so it lines up with the images but will not link to them in a PACS")
+    present = [o for o in result.stats["organs"] if o["voxels"] > 0]
+    if not present:
+        return [*warnings, "no organ was found: no DICOM-SEG written"]
+    lut = np.zeros(256, dtype=np.uint8)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="ASA-CT Swin UNETR", version=models.__version__, family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = []
+    for number, organ in enumerate(present, start=1):
+        lut[organ["id"]] = number
+        info = result.label_info[organ["id"]]
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=organ["name"][:64],
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=_property_type(organ["name"]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*info.color),
+        ))
+    frames = np.ascontiguousarray(lut[result.labels].transpose(2, 1, 0))  # (slice, row, column) = source order
+    seg = hd.seg.Segmentation(
+        source_images=headers,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=9901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="ASA-CT",
+        manufacturer_model_name="ASA-CT Swin UNETR",
+        software_versions=models.__version__,
+        device_serial_number="0",
+        series_description="ASA-CT segmentation",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return warnings

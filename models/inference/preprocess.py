@@ -1,0 +1,36 @@
+"""Scan -> network input, with exactly the transforms the model was trained with.
+
+Why reuse :func:`models.data.transforms.preprocess`: finetuning and pretraining call it, so the same
+MONAI ``Spacing`` (bilinear, border padding) and HU window cannot drift apart between training and
+inference. Only the spacing may change here (``--fast``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from monai.data import MetaTensor
+
+from models.config import DataConfig
+from models.data.transforms import preprocess
+from models.inference.options import FAST_SPACING_FACTOR
+from models.io.reader import CTImage, SourceSpace
+from models.modeldir import Preprocessing
+
+
+def inference_spacing(prep: Preprocessing, fast: bool) -> tuple[float, float, float]:
+    """The model's spacing, or :data:`FAST_SPACING_FACTOR` times it with ``fast``."""
+    factor = FAST_SPACING_FACTOR if fast else 1.0
+    return (prep.spacing[0] * factor, prep.spacing[1] * factor, prep.spacing[2] * factor)
+
+
+def network_input(
+    hu: np.ndarray, affine: np.ndarray, source: SourceSpace, prep: Preprocessing, spacing: tuple[float, float, float]
+) -> MetaTensor:
+    """(X, Y, Z) HU on a RAS grid (the whole scan or a crop of it) -> (1, X', Y', Z') in [0, 1] at ``spacing``.
+
+    The returned tensor's ``affine`` is its voxel-to-world matrix: the label map computed on it is
+    resampled back with that matrix, never by assuming how MONAI placed the new grid.
+    """
+    cfg = DataConfig(spacing=spacing, hu_min=prep.hu_min, hu_max=prep.hu_max)
+    view = CTImage(array=hu, affine=affine, source=source)
+    return preprocess(view, cfg)

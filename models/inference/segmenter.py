@@ -1,0 +1,302 @@
+"""The segmentation API: a :class:`Segmenter` keeps one model in memory and turns scans into results.
+
+Modelled on SAM's predictor (load once, call many times) without its per-image state: ``segment`` keeps
+nothing between calls, so a Celery worker can hold one ``Segmenter`` per process and serve every task
+with it (the network pass itself is serialised by a lock: one scan's windows at a time is what the
+memory estimate assumes). Writing files is separate (:mod:`models.inference.writers`), so the API can
+also feed a viewer or a REST response directly.
+
+Pipeline per scan (every array on the reader's canonical RAS grid until the end)::
+
+    load_ct -> [--organs: coarse pass -> organ box -> crop] -> Spacing + HU window (model resolution)
+    -> sliding window (gaussian) [+ mirroring TTA] -> argmax (uint8, model resolution)
+    -> nearest resample to the canonical grid -> keep the chosen organs -> stats
+    -> ct.to_source: the label map in the input's own voxel order
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nibabel.orientations import apply_orientation
+from torch import nn
+
+import models
+from models.inference.memory import choose_batch
+from models.inference.options import SegmentOptions, resolve_organs
+from models.inference.predict import TTA_FLIPS, predict_labels
+from models.inference.preprocess import inference_spacing, network_input
+from models.inference.region import crop_affine, organ_box
+from models.inference.resample import resample_labels
+from models.inference.stats import organ_stats
+from models.io.reader import CTImage, load_ct
+from models.modeldir import LabelInfo, ModelSpec, load_model
+
+STAGES = ("load", "preprocess", "network", "postprocess", "write")
+
+
+class ModelDirError(ValueError):
+    """The model directory is missing, incomplete or does not match its weights (message names it)."""
+
+
+@dataclass
+class SegmentationResult:
+    """One scan's segmentation, in the input's own space, plus what is needed to write and report it.
+
+    ``labels`` has the input file's shape and voxel order (DICOM: column, row, slice in
+    ``ct.meta['sop_instance_uids']`` order) and ``affine`` is the input's affine, so saving them gives a
+    mask that overlays the input voxel for voxel. ``label_info`` holds the background and the organs
+    that were kept (all, or ``--organs``); ``stats`` is :func:`models.inference.stats.organ_stats`.
+    """
+
+    ct: CTImage
+    labels: np.ndarray
+    affine: np.ndarray
+    label_info: dict[int, LabelInfo]
+    stats: dict[str, Any]
+    timings: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def organ_names(self) -> dict[int, str]:
+        return {i: info.name for i, info in self.label_info.items() if i != 0}
+
+    def canonical_labels(self) -> np.ndarray:
+        """The label map on ``ct.array``'s grid (for overlays on the canonical HU volume)."""
+        return np.ascontiguousarray(apply_orientation(self.labels, self.ct.source.to_canonical_transform))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``: CUDA when available, else CPU. Asking for CUDA without one is an error, not a fallback."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unsupported device {device!r}: use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use cpu or cuda")
+    return dev
+
+
+class Segmenter:
+    """A loaded segmentation model: ``Segmenter.from_model_dir(RUN).segment("ct.nii.gz")``.
+
+    Args:
+        network: maps (B, 1, X, Y, Z) inputs in [0, 1] to (B, len(spec.labels), X, Y, Z) logits; usually
+            the ``SwinUNETR`` of a model directory (any module works, which the tests use).
+        spec: the model directory's description (labels, preprocessing).
+        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+        options: default :class:`SegmentOptions` for :meth:`segment`; a call may pass others.
+        source: where the model came from (written to report.json).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        spec: ModelSpec,
+        device: str | torch.device | None = None,
+        options: SegmentOptions | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.spec = spec
+        self.options = options or SegmentOptions()
+        resolve_organs(spec, self.options.organs)  # unknown organ names fail here, before any scan is read
+        self.network = network.to(self.device).eval()
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.source = source
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_model_dir(
+        cls, directory: str | Path, device: str | torch.device | None = None, options: SegmentOptions | None = None
+    ) -> Segmenter:
+        """Load ``model.json`` + ``model.pt`` (see :mod:`models.modeldir`); :class:`ModelDirError` if unusable."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelDirError(f"model directory not found: {directory}")
+        try:
+            network, spec = load_model(directory, map_location="cpu")
+        except (FileNotFoundError, ValueError) as exc:
+            raise ModelDirError(str(exc)) from exc
+        except Exception as exc:  # torch.load on a corrupt file raises pickle/zip/runtime errors
+            raise ModelDirError(f"{directory}: cannot load the weights: {type(exc).__name__}: {exc}") from exc
+        return cls(network, spec, device=device, options=options, source=str(directory.resolve()))
+
+    # ------------------------------------------------------------------ public API
+
+    def segment(
+        self, scan: CTImage | str | Path | Sequence[str | Path], options: SegmentOptions | None = None
+    ) -> SegmentationResult:
+        """Segment one scan: a loaded :class:`CTImage` or anything :func:`load_ct` reads.
+
+        Raises :class:`models.io.reader.CTReadError` for unreadable input and ``ValueError`` for unknown
+        organs. ``result.timings`` has seconds per stage (``write`` is added by the writer).
+        """
+        opts = options or self.options
+        organ_ids = resolve_organs(self.spec, opts.organs)
+        timings = dict.fromkeys(STAGES, 0.0)
+        t0 = time.perf_counter()
+        ct = scan if isinstance(scan, CTImage) else load_ct(scan if isinstance(scan, str | Path) else list(scan))
+        timings["load"] = time.perf_counter() - t0
+        info: dict[str, Any] = {"passes": []}
+        warnings: list[str] = list(ct.warnings)
+
+        labels = self._canonical_labels(ct, opts, organ_ids, timings, info, warnings)
+
+        t0 = time.perf_counter()
+        if opts.organs is not None:
+            keep = np.zeros(256, dtype=np.uint8)
+            keep[organ_ids] = organ_ids
+            labels = keep[labels]  # other organs -> background, ids unchanged (one lookup, uint8)
+        names = {i: self.spec.labels[i].name for i in organ_ids}
+        stats = organ_stats(labels, ct, names)
+        source_labels = ct.to_source(labels)
+        timings["postprocess"] += time.perf_counter() - t0
+
+        label_info = {0: self.spec.labels[0]} | {i: self.spec.labels[i] for i in organ_ids}
+        info = {**self.describe(opts), "input": self._input_info(ct), **info}
+        return SegmentationResult(ct=ct, labels=source_labels, affine=np.array(ct.source.affine), label_info=label_info,
+                                  stats=stats, timings=timings, info=info, warnings=warnings)
+
+    def describe(self, options: SegmentOptions | None = None) -> dict[str, Any]:
+        """Model, device, options and library versions: the constant part of report.json."""
+        opts = options or self.options
+        return {
+            "model": {
+                "source": self.source,
+                "labels": {i: info.name for i, info in self.spec.labels.items()},
+                "network": self.spec.network.model_dump(mode="json"),
+                "preprocessing": self.spec.preprocessing.model_dump(mode="json"),
+                "provenance": self.spec.provenance,
+                "metrics": self.spec.metrics,
+            },
+            "device": str(self.device),
+            "device_name": (
+                torch.cuda.get_device_name(self.device)
+                if self.device.type == "cuda"
+                else platform.processor() or platform.machine()
+            ),
+            "options": opts.model_dump(mode="json"),
+            "versions": _versions(),
+        }
+
+    # ------------------------------------------------------------------ stages
+
+    def _canonical_labels(
+        self,
+        ct: CTImage,
+        opts: SegmentOptions,
+        organ_ids: list[int],
+        timings: dict[str, float],
+        info: dict[str, Any],
+        warnings: list[str],
+    ) -> np.ndarray:
+        """uint8 labels on ``ct.array``'s grid; with ``organs`` (and not ``fast``) only inside their box."""
+        prep = self.spec.preprocessing
+        if opts.organs is None or opts.fast:
+            spacing = inference_spacing(prep, opts.fast)
+            return self._labels_on_grid(ct, ct.array, ct.affine, spacing, opts, timings, info)
+        coarse = self._labels_on_grid(ct, ct.array, ct.affine, inference_spacing(prep, True), opts, timings, info)
+        box = organ_box(coarse, organ_ids, ct.spacing, opts.crop_margin_mm)
+        del coarse
+        if box is None:
+            warnings.append("the coarse pass found none of the requested organs: segmenting the whole scan")
+            return self._labels_on_grid(ct, ct.array, ct.affine, inference_spacing(prep, False), opts, timings, info)
+        info["crop"] = {"start": [s.start for s in box], "stop": [s.stop for s in box]}
+        labels = np.zeros(ct.array.shape, dtype=np.uint8)
+        labels[box] = self._labels_on_grid(
+            ct, ct.array[box], crop_affine(ct.affine, box), inference_spacing(prep, False), opts, timings, info
+        )
+        return labels
+
+    def _labels_on_grid(
+        self,
+        ct: CTImage,
+        hu: np.ndarray,
+        affine: np.ndarray,
+        spacing: tuple[float, float, float],
+        opts: SegmentOptions,
+        timings: dict[str, float],
+        info: dict[str, Any],
+    ) -> np.ndarray:
+        """One network pass over ``hu`` (on ``affine``): preprocess, windows, argmax, back to ``hu``'s grid."""
+        prep = self.spec.preprocessing
+        t0 = time.perf_counter()
+        volume = network_input(hu, affine, ct.source, prep, spacing)
+        model_affine = np.asarray(volume.affine, dtype=np.float64)
+        model_shape = tuple(int(s) for s in volume.shape[1:])
+        timings["preprocess"] += time.perf_counter() - t0
+
+        batch = choose_batch(prep.roi, self.spec.network.feature_size, self.spec.out_channels, model_shape,
+                             self.device, tta=opts.tta, requested=opts.sw_batch_size)
+        t0 = time.perf_counter()
+        with self._lock:
+            model_labels = predict_labels(
+                self.network, volume.as_tensor(), prep.roi, device=self.device, sw_batch_size=batch.sw_batch_size,
+                overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16, tta=opts.tta,
+                aggregate_on_device=batch.aggregate_on_device,
+            ).numpy()
+        del volume
+        timings["network"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        labels = resample_labels(model_labels, model_affine, hu.shape, affine)
+        timings["postprocess"] += time.perf_counter() - t0
+        info["passes"].append({
+            "spacing": list(spacing),
+            "input_shape": list(hu.shape),
+            "model_shape": list(model_shape),
+            "roi": list(prep.roi),
+            "sw_batch_size": batch.sw_batch_size,
+            "window_bytes_estimate": batch.window_bytes,
+            "logit_bytes": batch.output_bytes,
+            "free_bytes": batch.free_bytes,
+            "passes_per_window": len(TTA_FLIPS) if opts.tta else 1,
+        })
+        return labels
+
+    @staticmethod
+    def _input_info(ct: CTImage) -> dict[str, Any]:
+        meta = ct.meta
+        out = {
+            "path": meta.get("path"),
+            "format": meta.get("format"),
+            "shape": list(ct.source.shape),
+            "spacing_mm": [round(s, 4) for s in ct.spacing],
+            "orientation": ct.source.axcodes,
+        }
+        if meta.get("format") == "dicom":
+            out |= {"series_uid": meta.get("series_uid"), "study_uid": meta.get("study_uid"),
+                    "slices": len(meta.get("sop_instance_uids", []))}
+        return out
+
+
+def _versions() -> dict[str, str]:
+    import monai
+    import nibabel
+    import pydicom
+
+    out = {"asa-ct": models.__version__, "python": platform.python_version(), "torch": torch.__version__,
+           "monai": monai.__version__, "numpy": np.__version__, "nibabel": nibabel.__version__,
+           "pydicom": pydicom.__version__}
+    try:
+        import highdicom
+
+        out["highdicom"] = highdicom.__version__
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    return out

@@ -1,0 +1,130 @@
+"""Per-organ measurements of a label map: what clinicians read beside the mask (volume, HU, position).
+
+Computed on the canonical grid (where the HU volume lives) but reported in the input's own terms: voxel
+indices of the input file and millimetres in the input's physical convention (LPS for DICOM, NRRD and
+MetaImage, whose coordinates are patient LPS; RAS for NIfTI, whose affine is RAS). Each organ is
+measured inside its bounding box only, so memory stays at one organ's box.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from models.io.reader import CTImage
+
+LPS_FORMATS = ("dicom", "nrrd", "metaimage")
+CSV_COLUMNS = (
+    "id", "name", "voxels", "volume_ml", "hu_mean", "hu_std",
+    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "bbox_i_min", "bbox_j_min", "bbox_k_min", "bbox_i_max", "bbox_j_max", "bbox_k_max",
+)  # fmt: skip
+
+
+def coordinate_system(ct: CTImage) -> str:
+    """'LPS' or 'RAS': the convention of the input's own world coordinates."""
+    return "LPS" if ct.meta.get("format") in LPS_FORMATS else "RAS"
+
+
+def organ_stats(labels: np.ndarray, ct: CTImage, names: dict[int, str]) -> dict[str, Any]:
+    """Measure every organ in ``names`` (id -> name) on ``labels`` (uint8, on ``ct.array``'s grid).
+
+    Per organ: voxel count, volume (mL), mean and standard deviation (ddof 0) of HU, centroid (mm, input's
+    convention, and input voxel index), bounding box (inclusive input voxel indices, and mm of its corner
+    voxel centres). Organs that were not found are listed with 0 voxels and null measurements.
+    """
+    if labels.shape != ct.array.shape:
+        raise ValueError(f"label map {labels.shape} is not on the scan's canonical grid {ct.array.shape}")
+    system = coordinate_system(ct)
+    voxel_ml = abs(float(np.linalg.det(ct.affine[:3, :3]))) / 1000.0
+    can_to_src = np.linalg.solve(ct.source.affine, ct.affine)
+    boxes = ndimage.find_objects(labels) if labels.size else []  # one pass, no copy of the uint8 map
+    organs = []
+    for organ_id, name in sorted(names.items()):
+        box = boxes[organ_id - 1] if 0 < organ_id <= len(boxes) else None
+        organs.append(_one(organ_id, name, box, labels, ct, voxel_ml, can_to_src, system))
+    return {
+        "coordinate_system": system,
+        "voxel_volume_ml": voxel_ml,
+        "organs": organs,
+    }
+
+
+def _one(
+    organ_id: int,
+    name: str,
+    box: tuple[slice, ...] | None,
+    labels: np.ndarray,
+    ct: CTImage,
+    voxel_ml: float,
+    can_to_src: np.ndarray,
+    system: str,
+) -> dict[str, Any]:
+    empty: dict[str, Any] = {"id": organ_id, "name": name, "voxels": 0, "volume_ml": 0.0, "hu_mean": None,
+                             "hu_std": None, "centroid_mm": None, "centroid_voxel": None, "bbox_voxel_min": None,
+                             "bbox_voxel_max": None, "bbox_mm_min": None, "bbox_mm_max": None}
+    if box is None:
+        return empty
+    mask = labels[box] == organ_id
+    n = int(mask.sum())
+    if n == 0:
+        return empty
+    hu = ct.array[box][mask].astype(np.float64)
+    start = np.array([s.start for s in box], dtype=np.float64)
+    centroid_can = np.array(ndimage.center_of_mass(mask), dtype=np.float64) + start
+    lo_can = start
+    hi_can = np.array([s.stop - 1 for s in box], dtype=np.float64)
+    centroid_src = _apply(can_to_src, centroid_can)
+    corners_src = np.stack([_apply(can_to_src, lo_can), _apply(can_to_src, hi_can)])
+    lo_src, hi_src = np.rint(corners_src.min(axis=0)).astype(int), np.rint(corners_src.max(axis=0)).astype(int)
+    corners_mm = np.stack([_world(ct, lo_can, system), _world(ct, hi_can, system)])
+    return {
+        "id": organ_id,
+        "name": name,
+        "voxels": n,
+        "volume_ml": n * voxel_ml,
+        "hu_mean": float(hu.mean()),
+        "hu_std": float(hu.std()),
+        "centroid_mm": _round(_world(ct, centroid_can, system)),
+        "centroid_voxel": _round(centroid_src),
+        "bbox_voxel_min": [int(v) for v in lo_src],
+        "bbox_voxel_max": [int(v) for v in hi_src],
+        "bbox_mm_min": _round(corners_mm.min(axis=0)),
+        "bbox_mm_max": _round(corners_mm.max(axis=0)),
+    }
+
+
+def _apply(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
+    return matrix[:3, :3] @ point + matrix[:3, 3]
+
+
+def _world(ct: CTImage, canonical_index: np.ndarray, system: str) -> np.ndarray:
+    ras = _apply(ct.affine, canonical_index)
+    return ras * np.array([-1.0, -1.0, 1.0]) if system == "LPS" else ras
+
+
+def _round(values: np.ndarray) -> list[float]:
+    return [round(float(v), 3) for v in values]
+
+
+def stats_csv(stats: dict[str, Any]) -> str:
+    """One row per organ (mm in ``stats['coordinate_system']``); empty cells for organs not found."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for o in stats["organs"]:
+        centroid = o["centroid_mm"] or [None] * 3
+        lo = o["bbox_voxel_min"] or [None] * 3
+        hi = o["bbox_voxel_max"] or [None] * 3
+        row = [o["id"], o["name"], o["voxels"], _fmt(o["volume_ml"]), _fmt(o["hu_mean"]), _fmt(o["hu_std"]),
+               *map(_fmt, centroid), *lo, *hi]
+        writer.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def _fmt(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"

@@ -1,0 +1,232 @@
+"""Inference core: orientation, resampling, TTA, --organs, stats, outputs. Models with known answers.
+
+ThresholdNet labels a voxel by how many HU thresholds it exceeds, so a correct pipeline must return
+exactly ``threshold_labels(input)`` in the input's own voxel order, whatever that order is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from segment_helpers import (
+    ThresholdNet,
+    dice,
+    reoriented,
+    small_phantom,
+    threshold_labels,
+    threshold_spec,
+    write_nifti,
+)
+
+from models.inference import Segmenter, SegmentOptions, write_outputs
+from models.inference.memory import CPU_MAX_BATCH, choose_batch, window_bytes
+from models.inference.options import resolve_organs
+from models.inference.resample import resample_labels
+from models.inference.stats import organ_stats, stats_csv
+from models.io.reader import load_ct
+
+THRESHOLDS = (0.5, 150.5)  # between integer HU values: no ties
+SPACING = (5.4, 5.4, 6.0)  # the phantom's own spacing: Spacing is the identity, so the answer is exact
+
+
+@pytest.fixture(scope="module")
+def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return small_phantom()
+
+
+def _segmenter(spacing=SPACING, **options) -> Segmenter:
+    spec = threshold_spec(["soft tissue", "dense"], spacing)
+    return Segmenter(ThresholdNet(THRESHOLDS), spec, device="cpu", options=SegmentOptions(**options))
+
+
+# axis orders of the same physical volume: RAS, LPS, LAS, and two permuted + flipped ones
+ORIENTATIONS = {
+    "RAS": ((0, 1, 2), (False, False, False)),
+    "LPS": ((0, 1, 2), (True, True, False)),
+    "LAS": ((0, 1, 2), (True, False, False)),
+    "SLP-like": ((2, 0, 1), (True, True, False)),
+    "ASR-like": ((1, 2, 0), (False, True, True)),
+}
+
+
+@pytest.mark.parametrize("name", list(ORIENTATIONS))
+def test_output_is_on_the_input_grid_voxel_for_voxel(name: str, phantom, tmp_path: Path) -> None:
+    hu, _, affine = phantom
+    data, aff = reoriented(hu, affine, *ORIENTATIONS[name])
+    path = write_nifti(tmp_path / f"{name}.nii.gz", data, aff)
+    result = _segmenter().segment(path)
+    assert result.labels.shape == data.shape and result.labels.dtype == np.uint8
+    np.testing.assert_allclose(result.affine, aff)
+    expected = threshold_labels(data, THRESHOLDS)
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(result.labels, expected)
+    files = write_outputs(result, tmp_path / "out", preview=False)
+    img = nib.load(str(files["segmentation"]))
+    assert img.shape == data.shape and img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, aff, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), expected)
+
+
+def test_coarser_model_spacing_keeps_a_box_in_place(tmp_path: Path) -> None:
+    """Model at 1.75x the scan's spacing: the mask of a box must come back where the box is.
+
+    A model voxel spans 1.75 scan voxels, so each face of the box may move by one scan voxel (measured:
+    Dice 0.83 for this thin box); a flipped or shifted resampling would move it by many.
+    """
+    shape, spacing = (60, 50, 36), (1.2, 1.4, 2.0)
+    hu = np.full(shape, -100, dtype=np.int16)
+    box = (slice(7, 27), slice(30, 44), slice(4, 16))  # off-centre on every axis: a flip would move it
+    hu[box] = 401  # threshold 150.5 is the midpoint: interpolated edges split evenly
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (-40.0, 12.0, 300.0)
+    data, aff = reoriented(hu, affine, (2, 0, 1), (True, True, False))  # stored permuted + flipped
+    path = write_nifti(tmp_path / "box.nii.gz", data, aff)
+    result = _segmenter(spacing=tuple(1.75 * s for s in spacing)).segment(path)
+    assert result.info["passes"][0]["model_shape"] == [35, 29, 21]
+    truth = threshold_labels(data, THRESHOLDS) == 2
+    got = result.labels == 2
+    assert dice(got, truth) > 0.8
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        g, t = np.flatnonzero(got.any(axis=other)), np.flatnonzero(truth.any(axis=other))
+        assert abs(g[0] - t[0]) <= 1 and abs(g[-1] - t[-1]) <= 1, (axis, g[[0, -1]], t[[0, -1]])
+
+
+def test_tta_agrees_with_a_mirror_equivariant_model(phantom, tmp_path: Path) -> None:
+    hu, _, affine = phantom
+    data, aff = reoriented(hu, affine, *ORIENTATIONS["LPS"])
+    path = write_nifti(tmp_path / "lps.nii.gz", data, aff)
+    result = _segmenter(tta=True).segment(path)
+    np.testing.assert_array_equal(result.labels, threshold_labels(data, THRESHOLDS))
+    assert result.info["passes"][0]["passes_per_window"] == 4
+
+
+def test_organs_only_those_labels_cropped_to_their_region(phantom, tmp_path: Path) -> None:
+    hu, _, affine = phantom
+    hu = hu.copy()
+    hu[:, :, 20:] = np.minimum(hu[:, :, 20:], 100)  # dense voxels only in the lower half: a real crop
+    path = write_nifti(tmp_path / "ct.nii.gz", hu, affine)
+    full = _segmenter().segment(path)
+    only = _segmenter(organs=("Dense",)).segment(path)
+    assert set(only.label_info) == {0, 2}
+    np.testing.assert_array_equal(only.labels, np.where(full.labels == 2, 2, 0))
+    crop = only.info["crop"]
+    assert crop["stop"][2] < hu.shape[2]  # the fine pass did not cover the whole scan
+    assert [o["name"] for o in only.stats["organs"]] == ["dense"]
+    assert len(only.info["passes"]) == 2  # coarse locating pass + fine pass on the box
+    assert only.info["passes"][1]["input_shape"][2] < hu.shape[2]
+
+
+def test_unknown_organ_is_named() -> None:
+    spec = threshold_spec(["liver", "right kidney"], SPACING)
+    assert resolve_organs(spec, ("Right_Kidney", "1")) == [1, 2]
+    with pytest.raises(ValueError, match=r"'livr'.*liver, right kidney"):
+        resolve_organs(spec, ("livr",))
+    with pytest.raises(ValueError, match="livr"):
+        Segmenter(ThresholdNet(THRESHOLDS), spec, options=SegmentOptions(organs=("livr",)))
+
+
+def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    shape, spacing = (30, 26, 20), (0.8, 0.9, 2.5)
+    hu_ras = rng.normal(40, 30, size=shape).astype(np.float32)
+    labels_ras = np.zeros(shape, dtype=np.uint8)
+    labels_ras[3:12, 5:20, 2:9] = 1
+    labels_ras[15:28, 1:8, 10:19] = 2
+    labels_ras[20, 20, 5] = 2  # a stray voxel widens organ 2's box
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    data, aff = reoriented(hu_ras, affine, (1, 2, 0), (True, False, True))
+    ct = load_ct(write_nifti(tmp_path / "ct.nii.gz", data, aff))
+    np.testing.assert_array_equal(ct.array, hu_ras)  # the reader undoes the reorientation
+    stats = organ_stats(labels_ras, ct, {1: "a", 2: "b", 3: "absent"})
+    assert stats["coordinate_system"] == "RAS"
+    src_labels = ct.to_source(labels_ras)
+    for organ in stats["organs"][:2]:
+        mask = src_labels == organ["id"]
+        vals = data[mask].astype(np.float64)
+        assert organ["voxels"] == mask.sum()
+        assert organ["volume_ml"] == pytest.approx(mask.sum() * np.prod(spacing) / 1000)
+        assert organ["hu_mean"] == pytest.approx(vals.mean()) and organ["hu_std"] == pytest.approx(vals.std())
+        idx = np.argwhere(mask)
+        np.testing.assert_allclose(organ["centroid_voxel"], idx.mean(axis=0), atol=1e-3)
+        world = aff[:3, :3] @ idx.mean(axis=0) + aff[:3, 3]
+        np.testing.assert_allclose(organ["centroid_mm"], world, atol=1e-3)
+        assert organ["bbox_voxel_min"] == idx.min(axis=0).tolist()
+        assert organ["bbox_voxel_max"] == idx.max(axis=0).tolist()
+    assert stats["organs"][2]["voxels"] == 0 and stats["organs"][2]["hu_mean"] is None
+    rows = stats_csv(stats).strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("id,name,voxels,volume_ml")
+
+
+def test_resample_labels_between_grids() -> None:
+    coarse = np.arange(4 * 3 * 2, dtype=np.uint8).reshape(4, 3, 2)
+    src = np.diag([2.0, 2.0, 2.0, 1.0])
+    dst = np.diag([1.0, 1.0, 1.0, 1.0])
+    dst[:3, 3] = -0.5  # fine voxel centres at -0.5, 0.5, 1.5 ... -> coarse voxels 0, 0, 1, 1, ...
+    fine = resample_labels(coarse, src, (8, 6, 4), dst)
+    np.testing.assert_array_equal(fine, coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2))
+    # a rotated target grid takes the general path: compare with a direct per-voxel nearest lookup
+    dst_rot = np.array([[0.0, -1.5, 0.0, 7.0], [1.5, 0.0, 0.0, -1.0], [0.0, 0.0, 1.0, 0.2], [0.0, 0.0, 0.0, 1.0]])
+    dst_rot[:2, :2] = [[0.3, -1.5], [1.5, 0.3]]  # rotated by ~11 degrees: not axis-aligned
+    got = resample_labels(coarse, src, (5, 6, 4), dst_rot)
+    idx = np.indices((5, 6, 4)).reshape(3, -1)
+    src_idx = np.linalg.solve(src, dst_rot)[:3] @ np.vstack([idx, np.ones(idx.shape[1])])
+    src_idx = np.clip(np.floor(src_idx + 0.5), 0, np.array(coarse.shape)[:, None] - 1).astype(int)
+    np.testing.assert_array_equal(got.ravel(), coarse[tuple(src_idx)])
+
+
+def test_window_batch_from_memory(monkeypatch) -> None:
+    import models.inference.memory as memory
+
+    monkeypatch.setattr(memory, "free_memory", lambda device: 64 * 2**30)
+    cpu = torch.device("cpu")
+    assert choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu).sw_batch_size == CPU_MAX_BATCH
+    monkeypatch.setattr(memory, "free_memory", lambda device: 4 * 2**30)
+    small = choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu)
+    assert small.sw_batch_size == 1 and small.window_bytes == window_bytes((96, 96, 96), 48)
+    assert choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu, requested=3).sw_batch_size == 3
+    assert choose_batch((96,) * 3, 48, 14, (300, 300, 200), cpu, tta=True).output_bytes == 2 * small.output_bytes
+
+
+def test_written_files(phantom, tmp_path: Path) -> None:
+    hu, _, affine = phantom
+    data, aff = reoriented(hu, affine, *ORIENTATIONS["LPS"])
+    path = write_nifti(tmp_path / "scan.nii.gz", data, aff)
+    result = _segmenter().segment(path)
+    out = tmp_path / "out"
+    files = write_outputs(result, out, split=True)
+    assert {"segmentation", "labels", "stats_json", "stats_csv", "preview", "report"} <= set(files)
+    assert "dicom_seg" not in files  # NIfTI input
+    img = nib.load(str(out / "segmentation.nii.gz"))
+    legend = json.loads(img.header.extensions[0].get_content())
+    assert legend["labels"]["2"]["name"] == "dense"
+    assert json.loads((out / "segmentation.json").read_text()) == legend
+    assert img.header.get_intent()[0] == "label"
+    for organ_id, name in ((1, "soft_tissue"), (2, "dense")):
+        mask = nib.load(str(out / "organs" / f"{name}.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), (result.labels == organ_id).astype(np.uint8))
+        np.testing.assert_allclose(mask.affine, aff, atol=1e-5)
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["timings_s"]) == {"load", "preprocess", "network", "postprocess", "write"}
+    assert report["device"] == "cpu" and report["versions"]["monai"] and report["input"]["orientation"] == "LPS"
+    assert report["organs_found"] == ["soft tissue", "dense"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["organs"][1]["voxels"] == int((result.labels == 2).sum())
+    assert (out / "preview.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_device_errors_are_named() -> None:
+    from models.inference.segmenter import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unsupported device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -1,0 +1,100 @@
+"""``asa segment``: a real model directory (SwinUNETR, feature size 12), errors, several inputs at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from segment_helpers import reoriented, small_phantom, swin_model_dir, write_nifti
+from typer.testing import CliRunner
+
+from models.cli import app
+from models.inference import Segmenter
+from models.inference.segmenter import ModelDirError
+
+runner = CliRunner()
+SPACING = (5.4, 5.4, 6.0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return swin_model_dir(tmp_path_factory.mktemp("model"), names=("liver", "spleen", "right kidney"), roi=64,
+                          spacing=SPACING)
+
+
+def _run(*args: str):
+    return runner.invoke(app, ["segment", *map(str, args)])
+
+
+def test_missing_model_dir_exits_2(tmp_path: Path) -> None:
+    scan = write_nifti(tmp_path / "ct.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
+    res = _run(scan, "--model", tmp_path / "nope", "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "model directory not found" in res.output and "nope" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_model_dirs_exit_2(tmp_path: Path, model_dir: Path) -> None:
+    scan = write_nifti(tmp_path / "ct.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _run(scan, "--model", empty, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "not a model directory" in res.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.json").write_text('{"labels": {"1": {"name": "liver"}}}')
+    res = _run(scan, "--model", bad, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "invalid model description" in res.output and "background" in res.output
+    (bad / "model.json").write_text((model_dir / "model.json").read_text())
+    res = _run(scan, "--model", bad, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "model.pt is missing" in res.output
+    (bad / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelDirError, match="cannot load the weights"):
+        Segmenter.from_model_dir(bad)
+
+
+def test_unknown_organ_and_bad_options_exit_2(tmp_path: Path, model_dir: Path) -> None:
+    scan = write_nifti(tmp_path / "ct.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
+    res = _run(scan, "--model", model_dir, "--out", tmp_path / "out", "--organs", "liver,pancreas")
+    assert res.exit_code == 2 and "'pancreas'" in res.output and "liver, spleen, right kidney" in res.output
+    res = _run(scan, "--model", model_dir, "--out", tmp_path / "out", "--overlap", "1.5")
+    assert res.exit_code == 2 and "overlap" in res.output
+
+
+@pytest.mark.slow
+def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path, dicom_series) -> None:
+    hu, _, affine = small_phantom()
+    ras = write_nifti(tmp_path / "a.nii.gz", hu, affine)
+    lps_data, lps_aff = reoriented(hu, affine, (0, 1, 2), (True, True, False))
+    lps = write_nifti(tmp_path / "b.nii.gz", lps_data, lps_aff)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b garbage")
+    series = dicom_series("dcm", n=12, rows=40, cols=36, pixel_spacing=(5.0, 5.0), step=6.0)
+    out = tmp_path / "out"
+    res = _run(ras, broken, lps, series.folder, "--model", model_dir, "--out", out, "--split", "--fp32",
+               "--organs", "liver,spleen")
+    assert res.exit_code == 2, res.output
+    assert "broken.nii.gz" in res.output and "1 of 4 input(s) failed" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in summary] == ["ok", "error", "ok", "ok"]
+    a = nib.load(str(out / "a" / "segmentation.nii.gz"))
+    b = nib.load(str(out / "b" / "segmentation.nii.gz"))
+    assert b.shape == lps_data.shape
+    np.testing.assert_allclose(b.affine, lps_aff, atol=1e-5)
+    # the same physical scan stored two ways gets the same mask on the same physical voxels
+    np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj)[::-1, ::-1])
+    assert set(np.unique(np.asarray(a.dataobj))) <= {0, 1, 2}
+    for name in ("a", "b", "dcm"):
+        files = {p.name for p in (out / name).iterdir()}
+        assert {"segmentation.nii.gz", "segmentation.json", "stats.json", "stats.csv", "preview.png",
+                "report.json", "organs"} <= files
+        assert sorted(p.name for p in (out / name / "organs").iterdir()) == ["liver.nii.gz", "spleen.nii.gz"]
+        report = json.loads((out / name / "report.json").read_text())
+        assert report["options"]["organs"] == ["liver", "spleen"] and report["options"]["fast_path"] is False
+        assert report["model"]["source"] == str(model_dir.resolve())
+    assert (out / "dcm" / "segmentation.dcm").exists() and not (out / "a" / "segmentation.dcm").exists()
+    dcm = nib.load(str(out / "dcm" / "segmentation.nii.gz"))
+    assert dcm.shape == series.hu.shape
+    np.testing.assert_allclose(dcm.affine, series.affine, atol=1e-4)

@@ -1,0 +1,128 @@
+"""DICOM input: the NIfTI mask follows the series' slice order and the DICOM-SEG lies on the same voxels.
+
+Synthetic series (tests/conftest.py) have shuffled file names and reversed InstanceNumbers, so only
+ordering by position along the slice normal gives the expected masks; the real TotalSegmentator series
+(JPEG 2000, blank study/series UIDs) is checked slice by slice against pydicom's own pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from segment_helpers import ThresholdNet, threshold_labels, threshold_spec
+
+from models.inference import SegmentationResult, Segmenter, SegmentOptions, write_outputs
+from models.io.reader import load_ct
+
+THRESHOLDS = (0.5, 150.5)
+
+
+def _segmenter(spacing, roi: int = 32, **options) -> Segmenter:
+    spec = threshold_spec(["soft tissue", "dense"], spacing, roi=roi)
+    return Segmenter(ThresholdNet(THRESHOLDS), spec, device="cpu", options=SegmentOptions(**options))
+
+
+def _seg_by_source(path: Path, sop_uids: list[str]) -> dict[str, np.ndarray]:
+    """Read a DICOM-SEG back: organ name -> (n slices, rows, columns) mask, in ``sop_uids`` order."""
+    seg = hd.seg.segread(path)
+    numbers = seg.get_segment_numbers()
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=sop_uids, segment_numbers=numbers, combine_segments=True, relabel=False,
+        assert_missing_frames_are_empty=True,
+    )
+    return {seg.get_segment_description(n).segment_label: pixels == n for n in numbers}
+
+
+def _check_seg_matches_nifti(result: SegmentationResult, out: Path) -> None:
+    nifti = np.asarray(nib.load(str(out / "segmentation.nii.gz")).dataobj)
+    masks = _seg_by_source(out / "segmentation.dcm", result.ct.meta["sop_instance_uids"])
+    assert set(masks) == {o["name"] for o in result.stats["organs"] if o["voxels"]}
+    for organ_id, name in result.organ_names.items():
+        expected = (nifti == organ_id).transpose(2, 1, 0)  # (column, row, slice) -> frames (slice, row, column)
+        np.testing.assert_array_equal(masks[name], expected)
+
+
+@pytest.mark.parametrize(
+    "iop", [(1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1)], ids=["axial", "sagittal"]
+)
+def test_dicom_masks_follow_the_slice_order(dicom_series, tmp_path: Path, iop) -> None:
+    series = dicom_series("ct", n=8, rows=32, cols=24, iop=iop)
+    ct = load_ct(series.folder)
+    result = _segmenter(ct.spacing).segment(ct)  # the scan's own spacing: the answer is exact
+    np.testing.assert_array_equal(result.labels, threshold_labels(series.hu, THRESHOLDS))
+    out = tmp_path / "out"
+    files = write_outputs(result, out, preview=False)
+    img = nib.load(str(files["segmentation"]))
+    assert img.shape == series.hu.shape
+    np.testing.assert_allclose(img.affine, series.affine, atol=1e-4)
+    ds = pydicom.dcmread(files["dicom_seg"])
+    assert ds.Modality == "SEG" and ds.StudyInstanceUID == series.datasets[0].StudyInstanceUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    assert ds.FrameOfReferenceUID == series.datasets[0].FrameOfReferenceUID
+    _check_seg_matches_nifti(result, out)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["coordinate_system"] == "LPS"
+    assert not [w for w in result.warnings if "DICOM-SEG" in w]
+
+
+def test_dicom_zip_and_organs_and_no_dicom_seg(dicom_series, tmp_path: Path) -> None:
+    series = dicom_series("ct", n=6, rows=20, cols=28)
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in series.files:
+            zf.write(f, f"study/{f.name}")
+    ct = load_ct(archive)
+    result = _segmenter(ct.spacing, organs=("dense",)).segment(archive)
+    np.testing.assert_array_equal(result.labels, np.where(threshold_labels(series.hu, THRESHOLDS) == 2, 2, 0))
+    out = tmp_path / "out"
+    write_outputs(result, out, preview=False)
+    masks = _seg_by_source(out / "segmentation.dcm", result.ct.meta["sop_instance_uids"])
+    assert set(masks) == {"dense"}
+    _check_seg_matches_nifti(result, out)
+    files = write_outputs(result, tmp_path / "out2", dicom_seg=False, preview=False)
+    assert "dicom_seg" not in files and not (tmp_path / "out2" / "segmentation.dcm").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_dicom_series_masks_and_dicom_seg(ct_sample_dir: Path, tmp_path: Path) -> None:
+    """512 x 512 x 20 JPEG 2000 series: the mask of each stored slice is that slice's pixels thresholded."""
+    folder = ct_sample_dir / "example_ct_dicom"
+    ct = load_ct(folder)
+    result = _segmenter(ct.spacing, roi=64, overlap=0.25).segment(ct)
+    out = tmp_path / "out"
+    write_outputs(result, out)
+    nifti = np.asarray(nib.load(str(out / "segmentation.nii.gz")).dataobj)
+    assert nifti.shape == (512, 512, 20)
+    by_uid = {}
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        by_uid[str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID)] = ds
+    for k, uid in enumerate(ct.meta["sop_instance_uids"]):
+        ds = by_uid[uid]
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(nifti[:, :, k].T, threshold_labels(hu, THRESHOLDS))
+    assert any("substitute UIDs" in w for w in result.warnings)  # the sample's study/series UIDs are blank
+    _check_seg_matches_nifti(result, out)
+    assert (out / "preview.png").stat().st_size > 10_000
+
+
+def test_dicom_file_list_input(dicom_series, tmp_path: Path) -> None:
+    from models.inference.commands import resolve_input
+
+    series = dicom_series("ct", n=5, rows=16, cols=12)
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(f"ct/{f.name}" for f in reversed(series.files)) + "\n")
+    files = resolve_input(f"@{listing}")
+    assert sorted(files) == sorted(series.files)
+    ct = load_ct(series.folder)
+    result = _segmenter(ct.spacing).segment(files)
+    np.testing.assert_array_equal(result.labels, threshold_labels(series.hu, THRESHOLDS))
+    assert result.ct.meta["sop_instance_uids"] == series.sop_uids
