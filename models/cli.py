@@ -6,6 +6,8 @@ import typer
 
 from models.asa import commands as asa_commands
 from models.data import commands as data_commands
+from models.finetune import commands as finetune_commands
+from models.inference import commands as inference_commands
 from models.io import commands as io_commands
 
 app = typer.Typer(
@@ -21,6 +23,9 @@ app.command("phantom")(data_commands.phantom)
 app.command("sample-data")(io_commands.sample_data)
 app.command("pretrain")(asa_commands.pretrain)
 app.command("order-map")(asa_commands.order_map)
+app.command("pretrain-eval")(asa_commands.pretrain_eval)
+app.command("finetune")(finetune_commands.finetune)
+app.command("segment")(inference_commands.segment)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ class PretrainConfig(_Strict):
     )
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
+    deterministic: bool = Field(
+        False, description="deterministic kernels: a resumed run then repeats an uninterrupted one bit for bit"
+    )
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1, description="optimiser steps between checkpoints")
     holdout: int = Field(0, ge=0, description="scans held out of training for the order-error evaluation")
@@ -142,17 +145,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged key by key (``update`` wins); shared by every config built from layers."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def _parse_override(item: str) -> dict[str, Any]:
+def parse_override(item: str) -> dict[str, Any]:
     """``network.feature_size=24`` -> ``{"network": {"feature_size": 24}}`` (value parsed as YAML)."""
     if "=" not in item:
         raise ValueError(f"override {item!r} is not of the form field.path=value")
@@ -161,6 +165,9 @@ def _parse_override(item: str) -> dict[str, Any]:
     for key in reversed(path.strip().split(".")):
         value = {key: value}
     return value
+
+
+_merge, _parse_override = merge, parse_override  # the names used before they were shared
 
 
 def build_config(

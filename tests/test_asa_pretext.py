@@ -65,6 +65,15 @@ def test_order_error_is_zero_for_perfect_prediction_and_baseline_is_mean_distanc
     assert pretext.order_error_voxels(centre, perm, (4, 4, 4)).item() == pytest.approx(baseline, rel=1e-5)
 
 
+def test_per_axis_order_error_isolates_the_axis_that_is_wrong() -> None:
+    perm = pretext.random_permutations(2, 64, torch.Generator().manual_seed(4))
+    pred = pretext.order_targets(perm, (4, 4, 4)).clone()
+    pred[..., 2] = 0.0  # right in x and y, always the centre along z
+    axes = pretext.order_error_per_axis_voxels(pred, perm, (4, 4, 4))
+    assert axes[:2].tolist() == pytest.approx([0.0, 0.0], abs=1e-4)
+    assert axes[2].item() == pytest.approx(16.0, rel=1e-5)  # |±8|, |±24| voxels from the centre, on average 16
+
+
 @pytest.mark.parametrize("roi,max_shift,every", [(64, 2, 1), (128, 2, 37), (64, 1, 1)])
 def test_src_matching_pairs_exactly_the_same_voxels(roi: int, max_shift: int, every: int) -> None:
     size = roi + 16 * max_shift

@@ -99,3 +99,35 @@ def order_map(
         return
     summary = write_order_map(ct, compute_order_map(ct, net, cfg, shuffle=shuffle, seed=seed), out)
     typer.echo(json.dumps(summary, indent=2))
+
+
+def pretrain_eval(
+    run: Path = typer.Argument(..., help="a pretraining run directory"),
+) -> None:
+    """Order error (overall and per axis) and recovery MSE of a run's teacher and student on its held-out scans."""
+    from models.asa.data import PretrainViews
+    from models.asa.model import ASA
+    from models.asa.trainer import CHECKPOINT, evaluate_order, load_checkpoint
+    from models.config import PretrainConfig
+    from models.data.cache import cached_volume
+    from models.data.datasets import load_dataset
+
+    if not (run / CHECKPOINT).exists() or not (run / "run.json").exists():
+        _fail(f"{run}: not a pretraining run (needs {CHECKPOINT} and run.json)")
+    state = load_checkpoint(run)
+    cfg = PretrainConfig.model_validate(state["config"])
+    info = json.loads((run / "run.json").read_text())
+    try:
+        cases = [c for c in load_dataset(Path(info["data"])).cases if c.id in set(info["holdout_cases"])]
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(f"{run}: its data can no longer be read: {exc}")
+        return
+    if not cases:
+        _fail(f"{run}: no held-out scans (the run was made with holdout=0)")
+    cache = cfg.data.cache_dir or run / "cache"
+    views = PretrainViews([cached_volume(c.image, cfg.data, cache) for c in cases], cfg)
+    model = ASA(cfg)
+    model.student.load_state_dict(state["student"])
+    model.teacher.load_state_dict(state["teacher"])
+    figures = evaluate_order(model, [views[(i, 0, 1)] for i in range(len(cases))], cfg)
+    typer.echo(json.dumps({"step": state["step"], "held_out": [c.id for c in cases], **figures}, indent=2))

@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,53 +28,19 @@ from models.asa.report import plot_curves
 from models.asa.schedules import ema_momentum, warmup_cosine
 from models.config import PretrainConfig, save_config
 from models.data.cache import cached_volume
+from models.training import (  # also importable from here, as before the move
+    Dist,
+    _StopFlag,
+    average_gradients,
+    deterministic_kernels,
+    init_distributed,
+    stop_requested,
+)
+from models.training import load_checkpoint as _load_checkpoint
+from models.training import truncate_metrics as _truncate_metrics
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-
-
-# -- distributed helpers ---------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed(device: str | None = None) -> Dist:
-    """Join the process group ``torchrun`` describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device in (None, "cuda")
-    dev = torch.device(f"cuda:{local}" if use_cuda else (device or "cpu"))
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank=rank, world=world, device=dev)
-
-
-def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """One flat all-reduce of every gradient this step produced (same set on every rank)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if world == 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -101,37 +64,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(run_or_file: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = run_or_file / CHECKPOINT if run_or_file.is_dir() else run_or_file
-    if not path.exists():
-        raise FileNotFoundError(f"no ASA checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return _load_checkpoint(run_or_file, CHECKPOINT, "ASA", map_location)
 
 
 # -- the run ---------------------------------------------------------------------------------------
-class _StopFlag:
-    """Set by SIGTERM / SIGINT so the loop can finish its step and checkpoint."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside some workers): no handler
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("signal %s: stopping after this step with a checkpoint", signum)
-        self.stop = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _prepare_data(cases: list[Any], cfg: PretrainConfig, cache_dir: Path, ctx: Dist, show: bool) -> list[Path]:
     """Preprocess every scan once (main process); the other processes wait, then reuse the cache."""
     from tqdm.auto import tqdm
@@ -154,15 +90,19 @@ def evaluate_order(model: ASA, volumes: list[torch.Tensor], cfg: PretrainConfig,
         was_training = net.training
         net.eval()
         g = torch.Generator().manual_seed(seed)
-        errors, recs = [], []
+        errors, axes, recs = [], [], []
         for x in volumes:
             x = x[None].to(next(net.parameters()).device)
             perm = pretext.random_permutations(1, grid[0] ** 3, g).to(x.device)
             res = net(pretext.shuffle_subvolumes(x, perm))
-            errors.append(pretext.order_error_voxels(net.predict_order(res.tokens), perm, grid).item())
+            pred = net.predict_order(res.tokens)
+            errors.append(pretext.order_error_voxels(pred, perm, grid).item())
+            axes.append(pretext.order_error_per_axis_voxels(pred, perm, grid).tolist())
             recs.append(torch.mean((res.recon.float() - x) ** 2).item())
         net.train(was_training)
         out[f"{name}_order_error_vox"] = float(np.mean(errors)) if errors else math.nan
+        for axis, value in zip("xyz", np.mean(axes, axis=0) if axes else [math.nan] * 3, strict=True):
+            out[f"{name}_order_error_{axis}_vox"] = float(value)  # RAS array axes: x left-right, z along the body
         out[f"{name}_recovery_mse"] = float(np.mean(recs)) if recs else math.nan
     return out
 
@@ -262,7 +202,7 @@ def pretrain(
     final_eval: dict[str, Any] = {}
     bar_steps = tqdm(total=total, initial=start, desc="ASA pretraining", disable=not (progress and ctx.main))
     try:
-        with _StopFlag() as flag:
+        with _StopFlag() as flag, deterministic_kernels(cfg.deterministic):
             for batch in loader:
                 t0 = time.perf_counter()
                 phase = phase_of_step(step, per_pass, cfg.alternate)
@@ -273,7 +213,7 @@ def pretrain(
                 x = batch.to(ctx.device, non_blocking=True)
                 loss, stats = (model.phase1 if phase == 1 else model.phase2)(x, generator)
                 if not math.isfinite(stats["loss"]):
-                    raise FloatingPointError(f"non-finite loss at step {step} (phase {phase}): {stats}")
+                    raise FloatingPointError(f"non-finite loss at step {step + 1} (phase {phase}): {stats}")
                 optimizer.zero_grad(set_to_none=True)  # phase 2 leaves decoder grads None: SGD skips them
                 loss.backward()
                 average_gradients(params, ctx.world)
@@ -300,9 +240,10 @@ def pretrain(
                     log_record(
                         {"step": step, **{f"eval/{k}": v for k, v in evaluate_order(model, held_views, cfg).items()}}
                     )
-                if ctx.main and (step % cfg.checkpoint_every == 0 or step in (total, stop_at) or flag.stop):
+                stopping = stop_requested(flag.stop, ctx)  # one decision for all ranks, read once
+                if ctx.main and (step % cfg.checkpoint_every == 0 or step in (total, stop_at) or stopping):
                     save_checkpoint(ckpt_path, model, optimizer, step, total, cfg)
-                if flag.stop:
+                if stopping:
                     break
     finally:
         bar_steps.close()
@@ -331,11 +272,3 @@ def _check_in_sync(model: ASA, ctx: Dist, out: Path) -> None:
         (out / "ranks.json").write_text(json.dumps({"world_size": ctx.world, "checksums": sums}, indent=2))
     if any(s != sums[0] for s in sums):
         raise RuntimeError(f"processes diverged: parameter checksums {sums}")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint's step so the log reads like one run."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
