@@ -7,6 +7,7 @@ import typer
 from models.asa import commands as asa_commands
 from models.data import commands as data_commands
 from models.evaluation import commands as evaluation_commands
+from models.export import commands as export_commands
 from models.finetune import commands as finetune_commands
 from models.inference import commands as inference_commands
 from models.io import commands as io_commands
@@ -28,6 +29,7 @@ app.command("pretrain-eval")(asa_commands.pretrain_eval)
 app.command("finetune")(finetune_commands.finetune)
 app.command("segment")(inference_commands.segment)
 app.command("evaluate")(evaluation_commands.evaluate)
+app.command("export-bundle")(export_commands.export_bundle)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Exports of a model directory to formats other tools run (MONAI Bundle)."""
