@@ -8,11 +8,12 @@ directory so that a checkpoint can always rebuild its model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+M = TypeVar("M", bound=BaseModel)
 SUBVOLUME = 16  # edge of one ASA sub-volume (one 1/16-resolution Swin token), in voxels
 
 
@@ -170,25 +171,40 @@ def parse_override(item: str) -> dict[str, Any]:
 _merge, _parse_override = merge, parse_override  # the names used before they were shared
 
 
+def build_layered(
+    model: type[M],
+    presets: dict[str, dict[str, Any]],
+    preset: str,
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> M:
+    """Preset, then YAML file, then ``a.b=value`` overrides, then keyword fields (CLI flags; None = unset).
+
+    One layering for every config model (pretraining, finetuning), so their CLIs behave the same.
+    """
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    data: dict[str, Any] = merge({"preset": preset}, presets[preset])
+    if yaml_path is not None:
+        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping of config fields")
+        data = merge(data, loaded)
+    for item in overrides or []:
+        data = merge(data, parse_override(item))
+    data = merge(data, {k: v for k, v in (fields or {}).items() if v is not None})
+    return model.model_validate(data)
+
+
 def build_config(
     preset: str = "paper",
     yaml_path: str | Path | None = None,
     overrides: list[str] | None = None,
     **fields: Any,
 ) -> PretrainConfig:
-    """Preset, then YAML file, then ``a.b=value`` overrides, then keyword fields (CLI flags)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    data: dict[str, Any] = _merge({"preset": preset}, PRESETS[preset])
-    if yaml_path is not None:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of config fields")
-        data = _merge(data, loaded)
-    for item in overrides or []:
-        data = _merge(data, _parse_override(item))
-    data = _merge(data, {k: v for k, v in fields.items() if v is not None})
-    return PretrainConfig.model_validate(data)
+    """A :class:`PretrainConfig` from a preset and its overrides (see :func:`build_layered`)."""
+    return build_layered(PretrainConfig, PRESETS, preset, yaml_path, overrides, fields)
 
 
 def save_config(config: PretrainConfig, path: Path) -> None:

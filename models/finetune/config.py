@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from models.config import _Strict, merge, parse_override
+from models.config import _Strict, build_layered
 
 
 class SegNetworkConfig(_Strict):
@@ -145,19 +145,8 @@ def build_finetune_config(
     overrides: list[str] | None = None,
     **fields: Any,
 ) -> FinetuneConfig:
-    """Preset, then YAML file, then ``a.b=value`` overrides, then keyword fields (CLI flags; None = unset)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    data: dict[str, Any] = merge({"preset": preset}, PRESETS[preset])
-    if yaml_path is not None:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of config fields")
-        data = merge(data, loaded)
-    for item in overrides or []:
-        data = merge(data, parse_override(item))
-    data = merge(data, {k: v for k, v in fields.items() if v is not None})
-    return FinetuneConfig.model_validate(data)
+    """A :class:`FinetuneConfig` from a preset and its overrides (see :func:`models.config.build_layered`)."""
+    return build_layered(FinetuneConfig, PRESETS, preset, yaml_path, overrides, fields)
 
 
 def save_finetune_config(config: FinetuneConfig, path: Path) -> None:
