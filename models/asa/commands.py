@@ -9,10 +9,7 @@ from pathlib import Path
 
 import typer
 
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+from models.cli_errors import fail
 
 
 def pretrain(
@@ -39,19 +36,19 @@ def pretrain(
     try:
         if resume is not None:
             if not (resume / CHECKPOINT).exists():
-                _fail(f"--resume {resume}: no {CHECKPOINT} there")
+                fail(f"--resume {resume}: no {CHECKPOINT} there")
             saved = PretrainConfig.model_validate(load_checkpoint(resume)["config"])
             cfg = saved.model_copy(update={"steps": steps or saved.steps})
             out = resume
             data = data or Path(json.loads((resume / "run.json").read_text())["data"])
         else:
             if data is None or out is None:
-                _fail("--data and --out are required (or --resume RUN)")
+                fail("--data and --out are required (or --resume RUN)")
             cfg = build_config(preset, config, set_, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed)
         dataset = load_dataset(data)
         train_set, held = split_holdout(dataset, cfg.holdout, cfg.seed) if cfg.holdout else (dataset, None)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     assert out is not None and data is not None
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +92,7 @@ def order_map(
         net, cfg = load_network(load_checkpoint(checkpoint), network)
         ct = load_ct(input)
     except (CTReadError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     summary = write_order_map(ct, compute_order_map(ct, net, cfg, shuffle=shuffle, seed=seed), out)
     typer.echo(json.dumps(summary, indent=2))
@@ -113,17 +110,17 @@ def pretrain_eval(
     from models.data.datasets import load_dataset
 
     if not (run / CHECKPOINT).exists() or not (run / "run.json").exists():
-        _fail(f"{run}: not a pretraining run (needs {CHECKPOINT} and run.json)")
+        fail(f"{run}: not a pretraining run (needs {CHECKPOINT} and run.json)")
     state = load_checkpoint(run)
     cfg = PretrainConfig.model_validate(state["config"])
     info = json.loads((run / "run.json").read_text())
     try:
         cases = [c for c in load_dataset(Path(info["data"])).cases if c.id in set(info["holdout_cases"])]
     except (ValueError, FileNotFoundError) as exc:
-        _fail(f"{run}: its data can no longer be read: {exc}")
+        fail(f"{run}: its data can no longer be read: {exc}")
         return
     if not cases:
-        _fail(f"{run}: no held-out scans (the run was made with holdout=0)")
+        fail(f"{run}: no held-out scans (the run was made with holdout=0)")
     cache = cfg.data.cache_dir or run / "cache"
     views = PretrainViews([cached_volume(c.image, cfg.data, cache) for c in cases], cfg)
     model = ASA(cfg)

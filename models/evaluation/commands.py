@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from models.asa.commands import _fail
+from models.cli_errors import fail
 
 
 def evaluate(
@@ -48,7 +48,7 @@ def evaluate(
 
             mapping, _ = load_label_map(label_map)
     except (ModelDirError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     evaluation = evaluate_cases(segmenter, chosen, mapping=mapping, tolerance_mm=tolerance_mm, progress=progress)
     doc = write_report(

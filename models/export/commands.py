@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from models.asa.commands import _fail
+from models.cli_errors import fail
 
 
 def export_bundle(
@@ -20,6 +20,6 @@ def export_bundle(
     try:
         path = export(run, out, overlap)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(f"bundle written to {path}")

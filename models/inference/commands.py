@@ -14,12 +14,9 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
+from models.cli_errors import fail
+
 INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".dcm")
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def input_name(src: str) -> str:
@@ -81,12 +78,12 @@ def segment(
         options = SegmentOptions(overlap=overlap, fast=fast, organs=parse_organ_list(organs), tta=tta,
                                  fast_path=fast_path, bf16=bf16, sw_batch_size=sw_batch_size)
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
         return
     try:
         segmenter = Segmenter.from_model_dir(model, device=device, options=options)
     except (ModelDirError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
 
     code = 0
