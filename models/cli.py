@@ -31,6 +31,10 @@ app.command("segment")(inference_commands.segment)
 app.command("evaluate")(evaluation_commands.evaluate)
 app.command("export-bundle")(export_commands.export_bundle)
 
+study_app = typer.Typer(help="Studies built from many runs (label efficiency).", no_args_is_help=True)
+study_app.command("label-efficiency")(finetune_commands.study_label_efficiency)
+app.add_typer(study_app, name="study")
+
 
 if __name__ == "__main__":
     app()

@@ -169,3 +169,39 @@ def ct_sample_dir() -> Path:
     from models.data.sample import fetch_sample_data
 
     return fetch_sample_data()
+
+
+# -- finetuning fixtures (shared by the finetuning, study and segmentation tests) ------------------
+TINY_PHANTOM_SHAPE = (64, 64, 32)
+TINY_PHANTOM_SPACING = (5.4, 5.4, 7.5)
+TINY_ASA = ["network.projector_dim=32", "network.projector_hidden=32", "network.local_dim=16"]
+
+
+@pytest.fixture(scope="session")
+def asa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ASA run directory with a checkpoint (built directly: no pretraining step needed)."""
+    import torch
+
+    from models.asa.model import ASA
+    from models.asa.trainer import build_optimizer, save_checkpoint
+    from models.config import build_config
+
+    out = tmp_path_factory.mktemp("asa")
+    torch.manual_seed(0)
+    cfg = build_config("cpu-demo", overrides=TINY_ASA)
+    model = ASA(cfg)
+    with torch.no_grad():  # make the teacher differ from any fresh initialisation
+        for p in model.teacher.parameters():
+            p.add_(0.01)
+    save_checkpoint(out / "checkpoint.pt", model, build_optimizer(model, cfg), 1, 1, cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four labelled 64 x 64 x 32 phantoms (an MSD-style dataset)."""
+    from models.data.phantom import write_phantom_dataset
+
+    return write_phantom_dataset(
+        tmp_path_factory.mktemp("ph"), n=4, seed=0, shape=TINY_PHANTOM_SHAPE, spacing=TINY_PHANTOM_SPACING
+    )

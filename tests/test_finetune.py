@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY_PHANTOM_SHAPE as PHANTOM_SHAPE
+from conftest import TINY_PHANTOM_SPACING as PHANTOM_SPACING
 from monai.networks.nets import SwinUNETR
 from typer.testing import CliRunner
 
-from models.asa.model import ASA
-from models.asa.trainer import build_optimizer, save_checkpoint
 from models.cli import app
-from models.config import build_config
 from models.data.datasets import Case, Dataset, load_dataset
 from models.data.labels import BTCV_LABELS
-from models.data.phantom import write_phantom_dataset
 from models.finetune.config import PRESETS, FinetuneConfig, build_finetune_config
 from models.finetune.data import PairStore, TrainCrops, cached_pair, collate, split_cases, step_items
 from models.finetune.evaluate import evaluate
@@ -34,37 +32,13 @@ from models.finetune.transfer import load_teacher_state, random_init_report, tra
 from models.io.reader import load_ct, load_label
 
 REPO = Path(__file__).resolve().parents[1]
-PHANTOM_SHAPE = (64, 64, 32)
-PHANTOM_SPACING = (5.4, 5.4, 7.5)
-TINY_ASA = ["network.projector_dim=32", "network.projector_hidden=32", "network.local_dim=16"]
 runner = CliRunner()
 
 
 # -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def asa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ASA run directory with a checkpoint (built directly: no pretraining step needed)."""
-    out = tmp_path_factory.mktemp("asa")
-    torch.manual_seed(0)
-    cfg = build_config("cpu-demo", overrides=TINY_ASA)
-    model = ASA(cfg)
-    with torch.no_grad():  # make the teacher differ from any fresh initialisation
-        for p in model.teacher.parameters():
-            p.add_(0.01)
-    save_checkpoint(out / "checkpoint.pt", model, build_optimizer(model, cfg), 1, 1, cfg)
-    return out
-
-
-@pytest.fixture(scope="module")
 def teacher(asa_run: Path) -> dict[str, torch.Tensor]:
     return load_teacher_state(asa_run)[0]
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_phantom_dataset(
-        tmp_path_factory.mktemp("ph"), n=4, seed=0, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING
-    )
 
 
 def seg_net(n_labels: int = 14, **kw: Any) -> SwinUNETR:
@@ -414,3 +388,25 @@ def test_cli_errors(tmp_path: Path, phantom_dir: Path, asa_run: Path) -> None:
         (scans / f"{name}.nii.gz").write_bytes((phantom_dir / "imagesTr" / "phantom_000.nii.gz").read_bytes())
     fails(["--pretrained", "none", "--data", str(scans), "--out", str(out)], "no label map", "labelled data")
     fails(["--resume", str(tmp_path)], "checkpoint.pt")
+
+
+def test_rand_slab_blanks_everything_outside_one_slab() -> None:
+    from models.data.transforms import RandSlabd
+
+    image = torch.rand(1, 8, 8, 32) + 0.1  # no zeros of its own
+    label = torch.ones(1, 8, 8, 32)
+    slab = RandSlabd("image", "label", prob=1.0, min_slices=4)
+    for seed in range(20):
+        slab.set_random_state(seed=seed)
+        out = slab({"image": image, "label": label})
+        kept = (out["image"] != 0).any(dim=(0, 1, 2)).nonzero().flatten()
+        assert len(kept) >= 4 and kept.tolist() == list(range(int(kept[0]), int(kept[-1]) + 1))  # one slab
+        assert torch.equal(out["image"][..., kept], image[..., kept])  # inside: untouched
+        assert torch.equal((out["label"] != 0), (out["image"] != 0))  # labels blanked exactly where the image is
+        assert image.min() > 0  # the input itself is not modified
+    slab.set_random_state(seed=3)
+    first = slab({"image": image, "label": label})["image"]
+    slab.set_random_state(seed=3)
+    assert torch.equal(first, slab({"image": image, "label": label})["image"])  # a function of the seed
+    off = RandSlabd("image", "label", prob=0.0)({"image": image, "label": label})
+    assert off["image"] is image

@@ -22,12 +22,8 @@ import pytest
 import torch
 
 import models
-from models.asa.model import ASA
-from models.asa.trainer import build_optimizer, save_checkpoint
-from models.config import build_config
 from models.data.datasets import load_dataset
 from models.data.labels import BTCV_LABELS
-from models.data.phantom import write_phantom_dataset
 from models.finetune.config import FinetuneConfig, build_finetune_config
 from models.finetune.data import split_cases
 from models.finetune.trainer import finetune, load_finetune_checkpoint
@@ -55,25 +51,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def asa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ASA checkpoint, built directly (the transfer, not pretraining, is under test here)."""
-    out = tmp_path_factory.mktemp("asa")
-    torch.manual_seed(0)
-    cfg = build_config(
-        "cpu-demo", overrides=["network.projector_dim=32", "network.projector_hidden=32", "network.local_dim=16"]
-    )
-    model = ASA(cfg)
-    save_checkpoint(out / "checkpoint.pt", model, build_optimizer(model, cfg), 1, 1, cfg)
-    return out
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    return write_phantom_dataset(out, n=4, seed=0, shape=(64, 64, 32), spacing=(5.4, 5.4, 7.5))
 
 
 @pytest.fixture(scope="module")
