@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, RandSpatialCrop, Resize, ScaleIntensityRange, Spacing, SpatialPad
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    RandomizableTransform,
+    RandSpatialCrop,
+    Resize,
+    ScaleIntensityRange,
+    Spacing,
+    SpatialPad,
+)
 
 from models.config import DataConfig
 from models.io.reader import CTImage
@@ -54,3 +63,43 @@ def intensity_jitter(x: torch.Tensor, amplitude: float, rng: np.random.Generator
     scale = 1.0 + rng.uniform(-amplitude, amplitude)
     shift = rng.uniform(-amplitude, amplitude) * 0.5
     return (x * scale + shift).clamp(0.0, 1.0)
+
+
+class RandSlabd(MapTransform, RandomizableTransform):
+    """Keep only a random slab of slices along one axis; blank the rest (image to 0, labels to background).
+
+    Why: partial scans are common (a 20-slice, 40 mm DICOM series is 10 slices at 4 mm), and inference
+    pads what is thinner than the window with 0, the HU window's floor. A model that only ever saw full
+    windows of anatomy fails on such input; showing it blank-padded slabs in training teaches it that
+    case. Off by default (``data.slab_prob``: the BTCV recipe has no such augmentation).
+    """
+
+    def __init__(self, image_key: str, label_key: str, prob: float, min_slices: int = 4, axis: int = 2) -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        RandomizableTransform.__init__(self, prob)
+        self.image_key, self.label_key = image_key, label_key
+        self.min_slices, self.axis = min_slices, axis
+        self._slab = (0, 0)
+
+    def randomize(self, size: int) -> None:  # type: ignore[override]
+        super().randomize(None)
+        thickness = int(self.R.randint(min(self.min_slices, size), size + 1))
+        start = int(self.R.randint(0, size - thickness + 1))
+        self._slab = (start, start + thickness)
+
+    def __call__(self, data: dict) -> dict:  # type: ignore[override]
+        d = dict(data)
+        size = d[self.image_key].shape[1 + self.axis]
+        self.randomize(size)
+        if not self._do_transform:
+            return d
+        start, stop = self._slab
+        for key, fill in ((self.image_key, 0.0), (self.label_key, 0.0)):
+            x = d[key].clone()
+            index: list[slice] = [slice(None)] * x.ndim
+            index[1 + self.axis] = slice(0, start)
+            x[tuple(index)] = fill
+            index[1 + self.axis] = slice(stop, None)
+            x[tuple(index)] = fill
+            d[key] = x
+        return d

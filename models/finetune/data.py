@@ -43,6 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from models.data.datasets import Case, Dataset, split_holdout
+from models.data.transforms import RandSlabd
 from models.finetune.config import FinetuneConfig, FinetuneDataConfig
 from models.finetune.labels import apply_label_map
 from models.training import step_seed
@@ -199,7 +200,10 @@ class PairStore:
 
 # -- per-step crops --------------------------------------------------------------------------------
 def train_transforms(cfg: FinetuneDataConfig) -> Compose:
-    """The BTCV recipe's augmentation: pad to the roi, pos/neg crops, flips, rot90, intensity scale/shift."""
+    """The BTCV recipe's augmentation: pad to the roi, pos/neg crops, flips, rot90, intensity scale/shift.
+
+    Plus, when ``slab_prob`` > 0, thin-slab crops (:class:`models.data.transforms.RandSlabd`).
+    """
     keys = ["image", "label"]
     roi = (cfg.roi,) * 3
     return Compose(
@@ -215,6 +219,7 @@ def train_transforms(cfg: FinetuneDataConfig) -> Compose:
                 image_key="image",
                 image_threshold=0,
             ),
+            RandSlabd("image", "label", prob=cfg.slab_prob, min_slices=cfg.slab_min_slices),
             *[RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)],
             RandRotate90d(keys, prob=cfg.rot90_prob, max_k=3),
             RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=cfg.intensity_prob),
