@@ -4,10 +4,10 @@
         --dataset_dir SCANS --output_dir MASKS
 
 The bundle repeats ``asa segment``'s pipeline with MONAI components only: RAS orientation, the model's
-spacing (bilinear), HU window to [0, 1], gaussian sliding window with the same overlap, argmax at model
-resolution, then the inverse transforms with nearest interpolation on the label map (not on
-probabilities), and a uint8 NIfTI per scan on the scan's own grid. The ``run`` section is a plain loop
-of bundle expressions, so it needs neither pytorch-ignite nor anything from ASA-CT.
+spacing (bilinear), HU window to [0, 1], the body's box (CropForeground), gaussian sliding window with
+the same overlap, argmax at model resolution, then the inverse transforms with nearest interpolation on
+the label map (not on probabilities), and a uint8 NIfTI per scan on the scan's own grid. The ``run``
+section is a plain loop of bundle expressions, so it needs neither pytorch-ignite nor anything from ASA-CT.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def inference_config(spec_dict: dict[str, Any], overlap: float = 0.5) -> dict[st
                     "b_max": 1.0,
                     "clip": True,
                 },
+                {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "allow_smaller": True},
                 {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
             ],
         },

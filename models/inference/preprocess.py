@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from monai.data import MetaTensor
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from models.config import DataConfig
 from models.data.transforms import preprocess
@@ -34,3 +35,16 @@ def network_input(
     cfg = DataConfig(spacing=spacing, hu_min=prep.hu_min, hu_max=prep.hu_max)
     view = CTImage(array=hu, affine=affine, source=source)
     return preprocess(view, cfg)
+
+
+def body_box(volume: MetaTensor) -> tuple[slice, slice, slice]:
+    """The box of voxels above the HU window's floor (the body), on a (1, X, Y, Z) network input.
+
+    Exactly MONAI ``CropForeground``'s box (values > 0, no margin), as in the Swin UNETR recipe and the
+    exported bundle, so both place their windows identically. Everything outside is air or table below
+    the window: the training crops never centred there either. An empty input keeps the whole grid.
+    """
+    start, end = generate_spatial_bounding_box(volume, select_fn=lambda x: x > 0, allow_smaller=True)
+    if any(e <= s for s, e in zip(start, end, strict=True)):
+        return tuple(slice(0, int(n)) for n in volume.shape[1:])  # type: ignore[return-value]
+    return tuple(slice(int(s), int(e)) for s, e in zip(start, end, strict=True))  # type: ignore[return-value]

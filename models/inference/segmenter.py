@@ -9,7 +9,8 @@ also feed a viewer or a REST response directly.
 Pipeline per scan (every array on the reader's canonical RAS grid until the end)::
 
     load_ct -> [--organs: coarse pass -> organ box -> crop] -> Spacing + HU window (model resolution)
-    -> sliding window (gaussian) [+ mirroring TTA] -> argmax (uint8, model resolution)
+    -> body box (MONAI CropForeground's box) -> sliding window (gaussian) [+ mirroring TTA]
+    -> argmax (uint8, model resolution; background outside the body box)
     -> nearest resample to the canonical grid -> keep the chosen organs -> stats
     -> ct.to_source: the label map in the input's own voxel order
 """
@@ -33,7 +34,7 @@ import models
 from models.inference.memory import choose_batch
 from models.inference.options import SegmentOptions, resolve_organs
 from models.inference.predict import TTA_FLIPS, predict_labels
-from models.inference.preprocess import inference_spacing, network_input
+from models.inference.preprocess import body_box, inference_spacing, network_input
 from models.inference.region import crop_affine, organ_box
 from models.inference.resample import resample_labels
 from models.inference.stats import organ_stats
@@ -239,16 +240,20 @@ class Segmenter:
         volume = network_input(hu, affine, ct.source, prep, spacing)
         model_affine = np.asarray(volume.affine, dtype=np.float64)
         model_shape = tuple(int(s) for s in volume.shape[1:])
+
+        body = body_box(volume)  # windows over the body only: air around it is background by definition
+        body_shape = tuple(s.stop - s.start for s in body)
         timings["preprocess"] += time.perf_counter() - t0
 
-        batch = choose_batch(prep.roi, self.spec.network.feature_size, self.spec.out_channels, model_shape,
+        batch = choose_batch(prep.roi, self.spec.network.feature_size, self.spec.out_channels, body_shape,
                              self.device, tta=opts.tta, requested=opts.sw_batch_size)
         t0 = time.perf_counter()
+        model_labels = np.zeros(model_shape, dtype=np.uint8)
         with self._lock:
-            model_labels = predict_labels(
-                self.network, volume.as_tensor(), prep.roi, device=self.device, sw_batch_size=batch.sw_batch_size,
-                overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16, tta=opts.tta,
-                aggregate_on_device=batch.aggregate_on_device,
+            model_labels[body] = predict_labels(
+                self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
+                sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
+                tta=opts.tta, aggregate_on_device=batch.aggregate_on_device,
             ).numpy()
         del volume
         timings["network"] += time.perf_counter() - t0
@@ -260,6 +265,7 @@ class Segmenter:
             "spacing": list(spacing),
             "input_shape": list(hu.shape),
             "model_shape": list(model_shape),
+            "body_box": [[s.start, s.stop] for s in body],
             "roi": list(prep.roi),
             "sw_batch_size": batch.sw_batch_size,
             "window_bytes_estimate": batch.window_bytes,
