@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pretrain_step.py
+	$(PY) bench/inference.py --out bench/results/inference_cpu.json
 
 clean:
 	rm -rf runs data .pytest_cache

@@ -1,0 +1,253 @@
+"""``asa segment`` end to end against MONAI's documented BTCV inference recipe: time, agreement, memory.
+
+Both pipelines run in their own process on the same CT with the same weights; the parent measures each
+process's wall time and peak RSS (``os.wait4``) and repeats the whole comparison ``--repeats`` times
+(medians reported: the machine is noisy). The baseline is the Swin UNETR BTCV tutorial's route:
+
+    LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> Spacingd(bilinear) -> ScaleIntensityRanged
+    -> CropForegroundd -> sliding_window_inference(sw batch 4, overlap 0.5, gaussian, fp32) -> softmax
+    -> Invertd(probabilities, bilinear) -> argmax -> SaveImaged
+
+Cases: the real sample's ``example_ct.nii.gz`` (TotalSegmentator's reference CT) and a synthetic
+512 x 512 x 300 CT (see ``bench/segment_memory.py``). ``--fast`` is timed on the synthetic CT as well, and
+``--bf16`` (opt-in fast path) on both, with its agreement against the fp32 baseline.
+The model is ``--model RUN`` or, by default, a feature-size-12 BTCV-layout Swin UNETR with random weights
+(speed and memory do not depend on the weights; agreement is stricter on a trained model).
+
+    python bench/inference.py [--model RUN] [--repeats 3] [--out bench/results/inference_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+# -- the baseline pipeline (runs in its own process) ----------------------------------------------
+def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float) -> dict[str, float]:
+    """MONAI's BTCV recipe, as documented: inverse transforms on the probabilities, then argmax."""
+    import torch
+    from monai.data import decollate_batch, list_data_collate
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import (
+        AsDiscreted,
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        SaveImaged,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    from models.modeldir import load_model
+
+    network, spec = load_model(model_dir, map_location="cpu")
+    network.eval()
+    prep = spec.preprocessing
+    pre = Compose([
+        LoadImaged(keys="image"),
+        EnsureChannelFirstd(keys="image"),
+        Orientationd(keys="image", axcodes="RAS"),
+        Spacingd(keys="image", pixdim=prep.spacing, mode="bilinear"),
+        ScaleIntensityRanged(keys="image", a_min=prep.hu_min, a_max=prep.hu_max, b_min=0.0, b_max=1.0, clip=True),
+        CropForegroundd(keys="image", source_key="image", allow_smaller=True),
+    ])  # fmt: skip
+    post = Compose([
+        Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+        AsDiscreted(keys="pred", argmax=True),
+        SaveImaged(keys="pred", output_dir=str(out), output_postfix="seg", output_dtype=np.uint8,
+                   separate_folder=False, resample=False, print_log=False),
+    ])  # fmt: skip
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    batch = list_data_collate([pre({"image": str(scan)})])
+    times["load_preprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        batch["pred"] = sliding_window_inference(batch["image"], prep.roi, 4, network, overlap=overlap, mode="gaussian")
+    times["network"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for item in decollate_batch(batch):
+        item["pred"] = torch.softmax(item["pred"], dim=0)
+        post(item)
+    times["postprocess_write"] = time.perf_counter() - t0
+    return times
+
+
+# -- process management ----------------------------------------------------------------------------
+def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``cmd``: its wall time, its stdout and its own peak RSS (reaped with ``wait4``, not the parent's)."""
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as null:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=null, env=env, text=True)
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
+
+
+def dice_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Mean Dice over the labels present in either mask (background excluded)."""
+    labels = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
+    per = {}
+    for k in labels:
+        x, y = a == k, b == k
+        per[int(k)] = float(2 * np.logical_and(x, y).sum() / max(x.sum() + y.sum(), 1))
+    return {"mean_dice": float(np.mean(list(per.values()))) if per else 1.0, "per_label": per,
+            "voxel_agreement": float((a == b).mean())}  # fmt: skip
+
+
+def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj).squeeze(), img.affine
+
+
+def default_model(workdir: Path) -> Path:
+    """A feature-size-12 Swin UNETR with the 14 BTCV labels at the BTCV spacing (1.5 x 1.5 x 2 mm, roi 96)."""
+    import torch
+
+    from models.modeldir import ModelSpec, SegNetwork, btcv_labels, build_segmentation_network, save_model
+
+    spec = ModelSpec(labels=btcv_labels(), network=SegNetwork(feature_size=12))
+    torch.manual_seed(0)
+    return save_model(workdir / "model-random-fs12", build_segmentation_network(spec), spec)
+
+
+def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
+            with_fast: bool) -> dict[str, Any]:  # fmt: skip
+    asa = str(REPO / ".venv" / "bin" / "asa") if (REPO / ".venv" / "bin" / "asa").exists() else "asa"
+    runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": []}
+    for r in range(repeats):
+        out_asa, out_base, out_bf16, out_fast = (workdir / case / f"{k}{r}" for k in runs)
+        res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_asa),
+                         "--overlap", str(overlap)], env)  # fmt: skip
+        report = json.loads(next(out_asa.rglob("report.json")).read_text())
+        res["stages_s"] = report["timings_s"]
+        runs["asa"].append(res)
+        res = run_child([sys.executable, __file__, "--worker", "baseline", "--scan", str(scan), "--model", str(model),
+                         "--worker-out", str(out_base), "--overlap", str(overlap)], env)  # fmt: skip
+        res["stages_s"] = json.loads(res["stdout"].strip().splitlines()[-1])
+        runs["baseline"].append(res)
+        res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_bf16), "--bf16",
+                         "--overlap", str(overlap)], env)  # fmt: skip
+        runs["bf16"].append(res)
+        if with_fast:
+            res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_fast), "--fast",
+                             "--overlap", str(overlap)], env)  # fmt: skip
+            runs["fast"].append(res)
+    ours, ours_affine = load_mask(next((workdir / case / "asa0").rglob("segmentation.nii.gz")))
+    base, base_affine = load_mask(next((workdir / case / "baseline0").rglob("*_seg.nii*")))
+    if ours.shape != base.shape or not np.allclose(ours_affine, base_affine, atol=1e-3):
+        raise RuntimeError(f"{case}: the two masks are not on the same grid: {ours.shape} vs {base.shape}")
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
+
+    stages = [r["stages_s"] for r in runs["asa"]]
+    network = statistics.median(s["network"] for s in stages)
+    stage_total = statistics.median(sum(s.values()) for s in stages)
+    result: dict[str, Any] = {
+        "scan": str(scan),
+        "shape": list(ours.shape),
+        "asa_wall_s": med("asa", "wall_s"),
+        "baseline_wall_s": med("baseline", "wall_s"),
+        "speedup": med("baseline", "wall_s") / med("asa", "wall_s"),
+        "asa_peak_rss_mb": med("asa", "peak_rss_mb"),
+        "baseline_peak_rss_mb": med("baseline", "peak_rss_mb"),
+        "agreement": dice_agreement(ours, base),
+        "asa_stages_s": {k: statistics.median(s[k] for s in stages) for k in stages[0]},
+        "asa_share_outside_network": 1.0 - network / stage_total,
+        "asa_share_outside_network_incl_startup": 1.0 - network / med("asa", "wall_s"),
+        "baseline_stages_s": {k: statistics.median(r["stages_s"][k] for r in runs["baseline"])
+                              for k in runs["baseline"][0]["stages_s"]},
+        "bf16_wall_s": med("bf16", "wall_s"),
+        "bf16_speedup": med("baseline", "wall_s") / med("bf16", "wall_s"),
+        "bf16_agreement_with_baseline": dice_agreement(
+            load_mask(next((workdir / case / "bf160").rglob("segmentation.nii.gz")))[0], base
+        )["mean_dice"],
+        "walls_s": {k: [round(r["wall_s"], 2) for r in v] for k, v in runs.items() if v},
+    }
+    if with_fast:
+        result["fast_wall_s"] = med("fast", "wall_s")
+        result["fast_peak_rss_mb"] = med("fast", "peak_rss_mb")
+        fast, _ = load_mask(next((workdir / case / "fast0").rglob("segmentation.nii.gz")))
+        result["fast_vs_full_dice"] = dice_agreement(fast, ours)["mean_dice"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="model directory (default: random-weight fs12 BTCV layout)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--cases", default="real,synthetic", help="real, synthetic or both")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/asa-bench-inference"))
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--worker", choices=["baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker == "baseline":
+        print(json.dumps(run_baseline(args.scan, args.model, args.worker_out, args.overlap)))
+        return
+
+    import torch
+
+    from models.data.sample import fetch_sample_data
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from segment_memory import make_scan
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model = args.model.resolve() if args.model else default_model(args.workdir)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    cases: dict[str, Path] = {}
+    wanted = {c.strip() for c in args.cases.split(",")}
+    if "real" in wanted:
+        cases["real_example_ct"] = fetch_sample_data() / "example_ct.nii.gz"
+    if "synthetic" in wanted:
+        synthetic = args.workdir / "ct512x512x300.nii.gz"
+        if not synthetic.exists():
+            make_scan(synthetic)
+        cases["synthetic_512x512x300"] = synthetic
+    results = {
+        "model": str(model),
+        "overlap": args.overlap,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cases": {name: compare(name, scan, model, args.workdir, args.repeats, args.overlap, env,
+                                with_fast=name.startswith("synthetic"))
+                  for name, scan in cases.items()},
+    }
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
