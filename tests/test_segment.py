@@ -230,3 +230,36 @@ def test_device_errors_are_named() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+class EverythingIsOrganNet(torch.nn.Module):
+    """Says "organ" wherever it runs: the mask shows exactly which voxels the network was run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), torch.ones_like(x)], dim=1)
+
+
+def test_network_runs_on_the_body_box_only(tmp_path: Path) -> None:
+    hu = np.full((40, 44, 30), -1000, dtype=np.int16)
+    hu[10:25, 12:30, 5:20] = 40  # the body: everything else is air, below the HU window
+    hu[11, 13, 6] = -1000  # a hole inside the body is still inside its box
+    path = write_nifti(tmp_path / "ct.nii.gz", hu, np.diag([*SPACING, 1.0]))
+    seg = Segmenter(EverythingIsOrganNet(), threshold_spec(["organ"], SPACING), device="cpu",
+                    options=SegmentOptions(overlap=0.0))  # fmt: skip
+    result = seg.segment(path)
+    expected = np.zeros(hu.shape, dtype=np.uint8)
+    expected[10:25, 12:30, 5:20] = 1
+    np.testing.assert_array_equal(result.labels, expected)
+    assert result.info["passes"][0]["body_box"] == [[10, 25], [12, 30], [5, 20]]
+
+
+def test_body_box_of_an_all_air_scan_is_the_whole_grid() -> None:
+    from monai.data import MetaTensor
+
+    from models.inference.preprocess import body_box
+
+    assert body_box(MetaTensor(torch.zeros(1, 5, 6, 7))) == (slice(0, 5), slice(0, 6), slice(0, 7))
