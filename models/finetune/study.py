@@ -91,10 +91,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     table: list[dict[str, Any]] = []
     for k in sorted({r["n_train"] for r in rows}):
         entry: dict[str, Any] = {"n_train": k}
-        by_seed: dict[str, dict[int, float]] = {init: {} for init in INITS}
+        by_seed = {init: {r["seed"]: r["mean_dice"] for r in rows if r["n_train"] == k and r["init"] == init}
+                   for init in INITS}  # fmt: skip
         for init in INITS:
-            values = [r["mean_dice"] for r in rows if r["n_train"] == k and r["init"] == init]
-            by_seed[init] = {r["seed"]: r["mean_dice"] for r in rows if r["n_train"] == k and r["init"] == init}
+            values = list(by_seed[init].values())
             entry[f"{init}_mean"] = statistics.fmean(values) if values else math.nan
             entry[f"{init}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             entry[f"{init}_runs"] = len(values)
