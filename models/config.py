@@ -207,7 +207,8 @@ def build_config(
     return build_layered(PretrainConfig, PRESETS, preset, yaml_path, overrides, fields)
 
 
-def save_config(config: PretrainConfig, path: Path) -> None:
+def save_config(config: BaseModel, path: Path) -> None:
+    """Any run's resolved config as YAML (pretraining and finetuning alike)."""
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from models.config import _Strict, build_layered
@@ -152,10 +151,3 @@ def build_finetune_config(
     """A :class:`FinetuneConfig` from a preset and its overrides (see :func:`models.config.build_layered`)."""
     return build_layered(FinetuneConfig, PRESETS, preset, yaml_path, overrides, fields)
 
-
-def save_finetune_config(config: FinetuneConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-
-
-def load_finetune_config(path: Path) -> FinetuneConfig:
-    return FinetuneConfig.model_validate(yaml.safe_load(path.read_text()))

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader
 
 import models
 from models.asa.schedules import warmup_cosine
+from models.config import save_config
 from models.data.datasets import Case
-from models.finetune.config import FinetuneConfig, save_finetune_config
+from models.finetune.config import FinetuneConfig
 from models.finetune.data import PairStore, StepSampler, TrainCrops, cached_pair, collate
 from models.finetune.evaluate import evaluate
 from models.finetune.transfer import TransferReport, load_teacher_state, random_init_report, transfer_weights
@@ -160,7 +161,7 @@ def finetune(
         labels = _labels_of(state["labels"])
         mapping = {int(k): int(v) for k, v in state["label_map"].items()} if state.get("label_map") else None
     if ctx.main:
-        save_finetune_config(cfg, out / "config.yaml")
+        save_config(cfg, out / "config.yaml")
     n_labels = len(labels)
     organ_names = {i: info.name for i, info in labels.items() if i != 0}
 
