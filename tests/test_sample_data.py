@@ -52,3 +52,16 @@ def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
 def test_class_map_parsed_without_executing() -> None:
     src = 'import os\nclass_map = {"total_v1": {1: "x"}, "total": {1: "spleen", 5: "liver"}}\nos.remove("/")\n'
     assert sample._total_class_map(src) == {"1": "spleen", "5": "liver"}
+
+
+@pytest.mark.realdata
+def test_datalist_trains_on_one_patient_and_validates_on_the_dicom_one(ct_sample_dir: Path) -> None:
+    from models.data.datasets import load_dataset
+
+    datalist = ct_sample_dir / sample.DATALIST
+    train = load_dataset(datalist)
+    validation = load_dataset(datalist, split="validation")
+    assert [c.image.name for c in train.cases] == ["example_ct.nii.gz"]
+    pairs = [(c.image.name, c.label.name) for c in validation.cases]
+    assert pairs == [("example_ct_dicom", "example_seg_dicom.nii.gz")]
+    assert all(c.image.exists() and c.label.exists() for c in train.cases + validation.cases)

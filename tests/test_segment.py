@@ -263,3 +263,27 @@ def test_body_box_of_an_all_air_scan_is_the_whole_grid() -> None:
     from models.inference.preprocess import body_box
 
     assert body_box(MetaTensor(torch.zeros(1, 5, 6, 7))) == (slice(0, 5), slice(0, 6), slice(0, 7))
+
+
+class WindowMeanNet(torch.nn.Module):
+    """Organ everywhere in a window whose mean input is above 0.5: what it sees depends on the padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x)
+        return torch.cat([0.5 - mean, mean - 0.5], dim=1)
+
+
+def test_a_scan_thinner_than_the_window_is_padded_with_its_own_edge_slices() -> None:
+    from models.inference.predict import predict_labels
+
+    thin = torch.ones(1, 64, 64, 8)  # 8 slices of "anatomy" in a 64-slice window
+    labels = predict_labels(
+        WindowMeanNet(), thin, (64, 64, 64), device=torch.device("cpu"), sw_batch_size=1, overlap=0.0,
+        fast_path=False,
+    )  # fmt: skip
+    # blank (air) padding would make the window's mean 1/8 and the answer background everywhere
+    assert labels.shape == (64, 64, 8) and bool((labels == 1).all())

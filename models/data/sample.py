@@ -44,6 +44,14 @@ SAMPLE_FILES: dict[str, str] = {
 }
 _EXTRA = {"LICENSE": "TotalSegmentator's license (Apache-2.0), which covers these files."}
 _COMPLETE = ".complete"
+DATALIST = "datalist.json"
+# The real-data experiment of issue #3 §4: train on one patient, validate on the other (the DICOM series).
+_DATALIST = {
+    "description": "TotalSegmentator sample: masks are TotalSegmentator output with its 'total' ids "
+    "(remap with --label-map totalseg_to_btcv)",
+    "training": [{"image": "example_ct.nii.gz", "label": "example_seg_fast_force_split.nii.gz"}],
+    "validation": [{"image": "example_ct_dicom", "label": "example_seg_dicom.nii.gz"}],
+}
 
 
 def sample_cache_dir() -> Path:
@@ -60,6 +68,7 @@ def fetch_sample_data(out: Path | None = None) -> Path:
     """
     dest = Path(out).expanduser() if out is not None else sample_cache_dir()
     if (dest / _COMPLETE).is_file():
+        _write_datalist(dest)
         return dest
     with tempfile.TemporaryDirectory(prefix="asa-sample-") as tmp:
         archive = _download(Path(tmp))
@@ -75,7 +84,15 @@ def fetch_sample_data(out: Path | None = None) -> Path:
                 target.unlink()
             shutil.move(str(item), str(target))
     (dest / _COMPLETE).write_text(f"{ARCHIVE_NAME} sha256={SAMPLE_SHA256}\n")
+    _write_datalist(dest)
     return dest
+
+
+def _write_datalist(dest: Path) -> None:
+    """A MONAI datalist (paths relative to ``dest``) for ``asa finetune`` / ``asa evaluate`` on the sample."""
+    path = dest / DATALIST
+    if not path.is_file():
+        path.write_text(json.dumps(_DATALIST, indent=1))
 
 
 def _download(tmp: Path) -> Path:
@@ -175,5 +192,9 @@ def _sample_md() -> str:
         "|---|---|",
     ]
     lines += [f"| `{name}` | {desc} |" for name, desc in {**SAMPLE_FILES, **_EXTRA}.items()]
-    lines += ["| `labels_total.json` | id -> name of TotalSegmentator's 'total' task (from map_to_binary.py). |", ""]
+    lines += [
+        "| `labels_total.json` | id -> name of TotalSegmentator's 'total' task (from map_to_binary.py). |",
+        f"| `{DATALIST}` | MONAI datalist: train on `example_ct.nii.gz`, validate on the DICOM series. |",
+        "",
+    ]
     return "\n".join(lines)

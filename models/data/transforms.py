@@ -65,13 +65,20 @@ def intensity_jitter(x: torch.Tensor, amplitude: float, rng: np.random.Generator
     return (x * scale + shift).clamp(0.0, 1.0)
 
 
-class RandSlabd(MapTransform, RandomizableTransform):
-    """Keep only a random slab of slices along one axis; blank the rest (image to 0, labels to background).
+# Sliding windows pad a scan thinner than the window (a 20-slice series is 10 slices at 4 mm) by repeating
+# its edge slices: the network then sees anatomy that goes on, as in every training crop, instead of the
+# air-like blank of MONAI's default constant padding. Used by inference, validation and exported bundles.
+THIN_SCAN_PADDING = "replicate"
 
-    Why: partial scans are common (a 20-slice, 40 mm DICOM series is 10 slices at 4 mm), and inference
-    pads what is thinner than the window with 0, the HU window's floor. A model that only ever saw full
-    windows of anatomy fails on such input; showing it blank-padded slabs in training teaches it that
-    case. Off by default (``data.slab_prob``: the BTCV recipe has no such augmentation).
+
+class RandSlabd(MapTransform, RandomizableTransform):
+    """Keep a random slab of slices along one axis and repeat its edge slices over the rest (labels too).
+
+    Why: partial scans are common, and inference pads what is thinner than the window by repeating the
+    edge slices (:data:`THIN_SCAN_PADDING`). A model that only ever saw windows full of varying anatomy
+    meets a thin slab padded that way for the first time at inference; this crop shows it in training,
+    with labels repeated like the image, so every target still matches its voxels. Off by default
+    (``data.slab_prob``: the BTCV recipe has no such augmentation).
     """
 
     def __init__(self, image_key: str, label_key: str, prob: float, min_slices: int = 4, axis: int = 2) -> None:
@@ -94,12 +101,7 @@ class RandSlabd(MapTransform, RandomizableTransform):
         if not self._do_transform:
             return d
         start, stop = self._slab
-        for key, fill in ((self.image_key, 0.0), (self.label_key, 0.0)):
-            x = d[key].clone()
-            index: list[slice] = [slice(None)] * x.ndim
-            index[1 + self.axis] = slice(0, start)
-            x[tuple(index)] = fill
-            index[1 + self.axis] = slice(stop, None)
-            x[tuple(index)] = fill
-            d[key] = x
+        source = torch.arange(size).clamp(start, stop - 1)  # slice i shows slab slice clamp(i)
+        for key in (self.image_key, self.label_key):
+            d[key] = d[key].index_select(1 + self.axis, source.to(d[key].device))
         return d

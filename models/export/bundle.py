@@ -21,6 +21,7 @@ import monai
 import torch
 
 import models
+from models.data.transforms import THIN_SCAN_PADDING
 from models.modeldir import WEIGHTS_FILE, load_model
 
 RUN_LOOP = (
@@ -82,6 +83,7 @@ def inference_config(spec_dict: dict[str, Any], overlap: float = 0.5) -> dict[st
             "sw_batch_size": 2,
             "overlap": overlap,
             "mode": "gaussian",
+            "padding_mode": THIN_SCAN_PADDING,
         },
         "postprocessing": {
             "_target_": "Compose",

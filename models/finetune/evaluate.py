@@ -18,6 +18,7 @@ from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
 from torch import nn
 
+from models.data.transforms import THIN_SCAN_PADDING
 from models.finetune.config import FinetuneConfig
 from models.finetune.data import PairStore
 
@@ -61,6 +62,7 @@ def evaluate(
                     predictor=net,
                     overlap=cfg.eval.overlap,
                     mode=cfg.eval.mode,
+                    padding_mode=THIN_SCAN_PADDING,
                 )
             pred = torch.as_tensor(logits).float().argmax(dim=1, keepdim=True)
             rows.append(metric(y_pred=pred, y=label.long()).cpu().numpy()[0])

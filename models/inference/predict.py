@@ -15,6 +15,8 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
+from models.data.transforms import THIN_SCAN_PADDING
+
 # identity + one mirror per spatial axis of a (B, C, X, Y, Z) tensor; nnU-Net's 8 combinations cost 2x more
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 
@@ -62,6 +64,7 @@ def predict_labels(
         sw_batch_size=sw_batch_size,
         overlap=overlap,
         mode="gaussian",
+        padding_mode=THIN_SCAN_PADDING,
         sw_device=device,
         device=device if aggregate_on_device else torch.device("cpu"),
         progress=False,
