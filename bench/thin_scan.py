@@ -1,0 +1,108 @@
+"""Thin scans: how much does the sliding window's padding matter? Prints JSON.
+
+A 20-slice series (40 mm) is 10 slices at the cpu-demo model's 4 mm, so every window is mostly padding.
+MONAI pads with a constant (0 = air after the HU window); ASA-CT pads with the scan's own edge slices
+(``THIN_SCAN_PADDING``). This runs one finetuned model on the real sample twice per case, once per padding
+mode, and reports the Dice of every organ present in the reference:
+
+- ``dicom``: the other patient's 20-slice JPEG 2000 series against its TotalSegmentator mask;
+- ``train_slab``: a slab of the training scan as thin as that series (40 mm through the liver's centre),
+  which separates "thin input" from "unseen patient";
+- ``train_full``: the whole training scan (what the model was fitted to).
+
+    python bench/thin_scan.py --model runs/real-seg [--out bench/results/thin_scan_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from models.data.sample import fetch_sample_data
+from models.evaluation.evaluate import remap
+from models.finetune.labels import load_label_map
+from models.inference import Segmenter, SegmentOptions, predict
+from models.io.reader import load_label
+
+MODES = ("constant", "replicate")
+SLAB_MM = 40.0
+
+
+def dice_per_organ(pred: np.ndarray, ref: np.ndarray, organs: dict[int, str]) -> dict[str, float]:
+    out = {}
+    for i, name in organs.items():
+        r = ref == i
+        if r.any():
+            p = pred == i
+            out[name] = round(float(2 * np.logical_and(p, r).sum() / (p.sum() + r.sum())), 4)
+    return out
+
+
+def write_slab(image: Path, label: Path, liver_id: int, mapping: dict[int, int], tmp: Path) -> tuple[Path, Path]:
+    """A SLAB_MM-thick slab (last axis) of ``image`` and ``label`` centred on the liver."""
+    img, lab = nib.load(str(image)), nib.load(str(label))
+    ref = remap(np.asarray(lab.dataobj), mapping)
+    z = np.nonzero((ref == liver_id).any(axis=(0, 1)))[0]
+    thick = max(1, round(SLAB_MM / float(img.header.get_zooms()[2])))
+    start = max(0, int(z.mean()) - thick // 2)
+    paths = []
+    for name, nii in (("slab_ct.nii.gz", img), ("slab_seg.nii.gz", lab)):
+        path = tmp / name
+        nib.save(nii.slicer[:, :, start : start + thick], str(path))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--label-map", default="totalseg_to_btcv")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    sample = fetch_sample_data()
+    mapping, _ = load_label_map(args.label_map)
+    segmenter = Segmenter.from_model_dir(args.model, device="cpu", options=SegmentOptions())
+    organs = segmenter.spec.organ_names
+    liver = next(i for i, n in organs.items() if n == "liver")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        slab_ct, slab_seg = write_slab(
+            sample / "example_ct.nii.gz", sample / "example_seg_fast_force_split.nii.gz", liver, mapping, Path(tmp)
+        )
+        cases = {
+            "dicom": (sample / "example_ct_dicom", sample / "example_seg_dicom.nii.gz"),
+            "train_slab": (slab_ct, slab_seg),
+            "train_full": (sample / "example_ct.nii.gz", sample / "example_seg_fast_force_split.nii.gz"),
+        }
+        for case, (image, label) in cases.items():
+            results[case] = {}
+            for mode in MODES:
+                predict.THIN_SCAN_PADDING = mode  # read by predict_labels at call time
+                t0 = time.perf_counter()
+                seg = segmenter.segment(image)
+                ref = remap(load_label(label, like=seg.ct), mapping)
+                dice = dice_per_organ(seg.canonical_labels(), ref, organs)
+                results[case][mode] = {
+                    "shape": list(seg.ct.array.shape),
+                    "dice": dice,
+                    "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+                    "liver_dice": dice.get("liver"),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+    report = {"model": str(args.model), "slab_mm": SLAB_MM, "cases": results}
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
