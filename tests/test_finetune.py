@@ -411,3 +411,22 @@ def test_rand_slab_repeats_the_edge_slices_of_one_slab() -> None:
     assert torch.equal(first, slab({"image": image, "label": label})["image"])  # a function of the seed
     off = RandSlabd("image", "label", prob=0.0)({"image": image, "label": label})
     assert off["image"] is image
+
+
+def test_training_crops_of_a_thin_scan_repeat_its_edge_slices_as_inference_does() -> None:
+    from models.finetune.config import FinetuneDataConfig
+    from models.finetune.data import train_transforms
+
+    cfg = FinetuneDataConfig(roi=64, num_samples=2, flip_prob=0.0, rot90_prob=0.0, intensity_prob=0.0)
+    image = torch.rand(1, 64, 64, 8)
+    label = torch.zeros(1, 64, 64, 8)
+    label[:, 20:40, 20:40] = 1
+    transforms = train_transforms(cfg)
+    transforms.set_random_state(seed=0)
+    for crop in transforms({"image": image, "label": label}):
+        z = crop["image"].shape[-1]
+        assert z == 64
+        kept = [k for k in range(z) if torch.equal(crop["image"][..., k], image[..., 0])]
+        assert len(kept) > 20  # the 56 slices of padding copy the edge slices, none is blank
+        assert not bool((crop["image"] == 0).all(dim=(0, 1, 2)).any())
+        assert torch.equal(torch.as_tensor(crop["label"][..., 0]), label[..., 0])  # labels padded alike

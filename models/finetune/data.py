@@ -43,7 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from models.data.datasets import Case, Dataset, split_holdout
-from models.data.transforms import RandSlabd
+from models.data.transforms import THIN_SCAN_PADDING, RandSlabd
 from models.finetune.config import FinetuneConfig, FinetuneDataConfig
 from models.finetune.labels import apply_label_map
 from models.training import step_seed
@@ -208,7 +208,7 @@ def train_transforms(cfg: FinetuneDataConfig) -> Compose:
     roi = (cfg.roi,) * 3
     return Compose(
         [
-            SpatialPadd(keys, spatial_size=roi),
+            SpatialPadd(keys, spatial_size=roi, mode=THIN_SCAN_PADDING),  # as inference pads thin scans
             RandCropByPosNegLabeld(
                 keys,
                 label_key="label",
