@@ -19,6 +19,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +27,7 @@ import numpy as np
 
 from models.data.sample import fetch_sample_data
 from models.evaluation.evaluate import remap
+from models.evaluation.metrics import case_metrics
 from models.finetune.labels import load_label_map
 from models.inference import Segmenter, SegmentOptions, predict
 from models.io.reader import load_label
@@ -34,14 +36,12 @@ MODES = ("constant", "replicate")
 SLAB_MM = 40.0
 
 
-def dice_per_organ(pred: np.ndarray, ref: np.ndarray, organs: dict[int, str]) -> dict[str, float]:
-    out = {}
-    for i, name in organs.items():
-        r = ref == i
-        if r.any():
-            p = pred == i
-            out[name] = round(float(2 * np.logical_and(p, r).sum() / (p.sum() + r.sum())), 4)
-    return out
+def dice_per_organ(
+    pred: np.ndarray, ref: np.ndarray, organs: dict[int, str], spacing: Sequence[float]
+) -> dict[str, float]:
+    """Dice (``asa evaluate``'s metrics) of every organ present in the reference."""
+    present = {i: n for i, n in organs.items() if (ref == i).any()}
+    return {name: round(m["dice"], 4) for name, m in case_metrics(pred, ref, present, spacing).items()}
 
 
 def write_slab(image: Path, label: Path, liver_id: int, mapping: dict[int, int], tmp: Path) -> tuple[Path, Path]:
@@ -88,7 +88,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 seg = segmenter.segment(image)
                 ref = remap(load_label(label, like=seg.ct), mapping)
-                dice = dice_per_organ(seg.canonical_labels(), ref, organs)
+                dice = dice_per_organ(seg.canonical_labels(), ref, organs, seg.ct.spacing)
                 results[case][mode] = {
                     "shape": list(seg.ct.array.shape),
                     "dice": dice,
