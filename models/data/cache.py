@@ -31,7 +31,7 @@ def cache_key(image: Path | Sequence[Path], cfg: DataConfig) -> str:
     for f in _source_files(image):
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    settings = {"spacing": cfg.spacing, "hu": (cfg.hu_min, cfg.hu_max), "v": 1}
+    settings = {"spacing": cfg.spacing, "hu": (cfg.hu_min, cfg.hu_max), "v": 2}  # v2: anti-aliasing
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:20]
 

@@ -3,11 +3,12 @@
     python -m monai.bundle run --config_file BUNDLE/configs/inference.json --bundle_root BUNDLE \
         --dataset_dir SCANS --output_dir MASKS
 
-The bundle repeats ``asa segment``'s pipeline with MONAI components only: RAS orientation, the model's
-spacing (bilinear), HU window to [0, 1], the body's box (CropForeground), gaussian sliding window with
-the same overlap, argmax at model resolution, then the inverse transforms with nearest interpolation on
-the label map (not on probabilities), and a uint8 NIfTI per scan on the scan's own grid. The ``run``
-section is a plain loop of bundle expressions, so it needs neither pytorch-ignite nor anything from ASA-CT.
+The bundle repeats ``asa segment``'s pipeline with MONAI components only: RAS orientation, the same
+anti-aliasing blur (one scipy expression), the model's spacing (bilinear), HU window to [0, 1], the
+body's box (CropForeground), gaussian sliding window with the same overlap, argmax at model resolution,
+then the inverse transforms with nearest interpolation on the label map (not on probabilities), and a
+uint8 NIfTI per scan on the scan's own grid. The ``run`` section is a plain loop of bundle expressions,
+so it needs neither pytorch-ignite nor anything from ASA-CT.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import monai
 import torch
 
 import models
-from models.data.transforms import THIN_SCAN_PADDING
+from models.data.transforms import ANTI_ALIAS_EXPRESSION, THIN_SCAN_PADDING
 from models.modeldir import WEIGHTS_FILE, load_model
 
 RUN_LOOP = (
@@ -35,7 +36,13 @@ def inference_config(spec_dict: dict[str, Any], overlap: float = 0.5) -> dict[st
     """The bundle's ``inference.json`` for a model described by ``model.json``."""
     net, prep = spec_dict["network"], spec_dict["preprocessing"]
     return {
-        "imports": ["$import glob", "$import numpy as np", "$import torch", "$import monai"],
+        "imports": [
+            "$import glob",
+            "$import numpy as np",
+            "$import torch",
+            "$import monai",
+            "$from scipy import ndimage",
+        ],
         "bundle_root": ".",
         "dataset_dir": "$@bundle_root + '/input'",
         "output_dir": "$@bundle_root + '/output'",
@@ -56,6 +63,11 @@ def inference_config(spec_dict: dict[str, Any], overlap: float = 0.5) -> dict[st
                 {"_target_": "LoadImaged", "keys": "image", "image_only": True},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {
+                    "_target_": "Lambdad",
+                    "keys": "image",
+                    "func": ANTI_ALIAS_EXPRESSION.format(target=list(prep["spacing"])),
+                },
                 {
                     "_target_": "Spacingd",
                     "keys": "image",

@@ -43,13 +43,13 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from models.data.datasets import Case, Dataset, split_holdout
-from models.data.transforms import THIN_SCAN_PADDING, RandSlabd
+from models.data.transforms import THIN_SCAN_PADDING, RandSlabd, anti_alias
 from models.finetune.config import FinetuneConfig, FinetuneDataConfig
 from models.finetune.labels import apply_label_map
 from models.training import step_seed
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: anti-aliasing before resampling
 Item = tuple[int, int]  # (case index, augmentation seed)
 
 
@@ -123,6 +123,7 @@ def preprocess_pipeline(cfg: FinetuneDataConfig, mapping: dict[int, int] | None)
     if mapping:
         steps.append(Lambdad("label", lambda x: _remap(x, mapping)))
     steps += [
+        Lambdad("image", lambda x: anti_alias(x, cfg.spacing)),
         Spacingd(keys, pixdim=cfg.spacing, mode=("bilinear", "nearest"), padding_mode=("border", "zeros")),
         ScaleIntensityRanged("image", a_min=cfg.hu_min, a_max=cfg.hu_max, b_min=0.0, b_max=1.0, clip=True),
     ]

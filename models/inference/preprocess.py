@@ -25,16 +25,22 @@ def inference_spacing(prep: Preprocessing, fast: bool) -> tuple[float, float, fl
 
 
 def network_input(
-    hu: np.ndarray, affine: np.ndarray, source: SourceSpace, prep: Preprocessing, spacing: tuple[float, float, float]
+    hu: np.ndarray,
+    affine: np.ndarray,
+    source: SourceSpace,
+    prep: Preprocessing,
+    spacing: tuple[float, float, float],
+    anti_aliased: bool = False,
 ) -> MetaTensor:
     """(X, Y, Z) HU on a RAS grid (the whole scan or a crop of it) -> (1, X', Y', Z') in [0, 1] at ``spacing``.
 
     The returned tensor's ``affine`` is its voxel-to-world matrix: the label map computed on it is
-    resampled back with that matrix, never by assuming how MONAI placed the new grid.
+    resampled back with that matrix, never by assuming how MONAI placed the new grid. ``anti_aliased``:
+    ``hu`` is already blurred for ``spacing`` (see :func:`models.data.transforms.preprocess`).
     """
     cfg = DataConfig(spacing=spacing, hu_min=prep.hu_min, hu_max=prep.hu_max)
     view = CTImage(array=hu, affine=affine, source=source)
-    return preprocess(view, cfg)
+    return preprocess(view, cfg, anti_aliased=anti_aliased)
 
 
 def body_box(volume: MetaTensor) -> tuple[slice, slice, slice]:
