@@ -5,10 +5,11 @@
 
 The bundle repeats ``asa segment``'s pipeline with MONAI components only: RAS orientation, the same
 anti-aliasing blur (one scipy expression), the model's spacing (bilinear), HU window to [0, 1], the
-body's box (CropForeground), gaussian sliding window with the same overlap, argmax at model resolution,
-then the inverse transforms with nearest interpolation on the label map (not on probabilities), and a
-uint8 NIfTI per scan on the scan's own grid. The ``run`` section is a plain loop of bundle expressions,
-so it needs neither pytorch-ignite nor anything from ASA-CT.
+body's box (CropForeground), gaussian sliding window with the same overlap, softmax, then the inverse
+transforms on the probabilities (bilinear: MONAI's own recipe, which `asa segment` reproduces without
+full-resolution probabilities) and the argmax, and a uint8 NIfTI per scan on the scan's own grid. The
+``run`` section is a plain loop of bundle expressions, so it needs neither pytorch-ignite nor anything
+from ASA-CT.
 """
 
 from __future__ import annotations
@@ -100,15 +101,16 @@ def inference_config(spec_dict: dict[str, Any], overlap: float = 0.5) -> dict[st
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
                 {
                     "_target_": "Invertd",
                     "keys": "pred",
                     "transform": "@preprocessing",
                     "orig_keys": "image",
-                    "nearest_interp": True,
+                    "nearest_interp": False,
                     "to_tensor": True,
                 },
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
             ],
         },
         "saver": {

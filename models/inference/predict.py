@@ -1,9 +1,9 @@
-"""Network input -> label map at model resolution: sliding window, optional mirroring TTA, argmax.
+"""Network input -> class probabilities and label map at model resolution: sliding window, optional TTA.
 
-Why the argmax happens here: the per-class logits exist only at model resolution (e.g. 14 x 270 x 270 x
-150 floats for a 512 x 512 x 300 CT at 1.5 x 1.5 x 2 mm); only the uint8 label map is resampled to the scan's
-grid, so full-resolution float probabilities of every class never exist (the cost users report for
-MONAI's "invert the transforms, then argmax" route).
+Why at model resolution: the per-class probabilities exist only there (e.g. 14 x 270 x 270 x 150 floats
+for a 512 x 512 x 300 CT at 1.5 x 1.5 x 2 mm); the scan's grid gets a uint8 label map
+(:mod:`models.inference.resample`), so full-resolution float probabilities of every class never exist
+(the cost users report for MONAI's "invert the transforms, then argmax" route).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _precision(device: torch.device, bf16: bool) -> Iterator[None]:
         yield
 
 
-def predict_labels(
+def predict_probabilities(
     network: nn.Module,
     volume: torch.Tensor,
     roi: tuple[int, int, int],
@@ -51,10 +51,10 @@ def predict_labels(
     tta: bool = False,
     aggregate_on_device: bool = True,
 ) -> torch.Tensor:
-    """(1, X, Y, Z) preprocessed volume -> (X, Y, Z) uint8 label map (argmax over the classes).
+    """(1, X, Y, Z) preprocessed volume -> (C, X, Y, Z) float32 class probabilities on the CPU.
 
-    Logits are blended with gaussian weights (the Swin UNETR protocol). With ``tta`` the softmax of each
-    mirrored pass is mirrored back and averaged before the argmax. Gradients are off, so MONAI's SDPA
+    Logits are blended with gaussian weights (the Swin UNETR protocol), then softmaxed. With ``tta`` the
+    softmax of each mirrored pass is mirrored back and averaged. Gradients are off, so MONAI's SDPA
     attention applies when ``fast_path`` switches it on; ``bf16`` adds bf16 autocast (opt-in: on a
     near-tie random model its masks agree with fp32 at Dice ~0.987 only, see tests/test_segment_fastpath.py).
     """
@@ -76,18 +76,22 @@ def predict_labels(
 
     x = torch.as_tensor(volume, dtype=torch.float32).unsqueeze(0).to(device)  # plain tensor, (1, 1, X, Y, Z)
     with torch.inference_mode():
-        if not tta:
-            logits = _run(inferer, x, forward)
-            return _argmax(logits)
         probs: torch.Tensor | None = None
-        for dims in TTA_FLIPS:
+        for dims in TTA_FLIPS if tta else ((),):
             xi = torch.flip(x, dims) if dims else x
             p = torch.softmax(_run(inferer, xi, forward), dim=1)
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs.add_(p)
             del p
         assert probs is not None
-        return _argmax(probs)
+        if tta:
+            probs.div_(len(TTA_FLIPS))
+        return probs[0].cpu()
+
+
+def predict_labels(network: nn.Module, volume: torch.Tensor, roi: tuple[int, int, int], **kwargs) -> torch.Tensor:
+    """(1, X, Y, Z) preprocessed volume -> (X, Y, Z) uint8 label map (argmax of :func:`predict_probabilities`)."""
+    return argmax_labels(predict_probabilities(network, volume, roi, **kwargs))
 
 
 def _run(
@@ -97,8 +101,8 @@ def _run(
     return torch.as_tensor(out)
 
 
-def _argmax(scores: torch.Tensor) -> torch.Tensor:
-    """(1, C, X, Y, Z) -> (X, Y, Z) uint8 on the CPU (C <= 256 labels)."""
-    if scores.shape[1] > 256:
-        raise ValueError(f"{scores.shape[1]} classes do not fit a uint8 label map")
-    return scores[0].argmax(dim=0).to(torch.uint8).cpu()
+def argmax_labels(scores: torch.Tensor) -> torch.Tensor:
+    """(C, X, Y, Z) -> (X, Y, Z) uint8 (C <= 256 labels)."""
+    if scores.shape[0] > 256:
+        raise ValueError(f"{scores.shape[0]} classes do not fit a uint8 label map")
+    return scores.argmax(dim=0).to(torch.uint8)

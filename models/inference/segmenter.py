@@ -10,8 +10,9 @@ Pipeline per scan (every array on the reader's canonical RAS grid until the end)
 
     load_ct -> [--organs: coarse pass -> organ box -> crop] -> anti-aliasing + Spacing + HU window (model resolution)
     -> body box (MONAI CropForeground's box) -> sliding window (gaussian) [+ mirroring TTA]
-    -> argmax (uint8, model resolution; background outside the body box)
-    -> nearest resample to the canonical grid -> keep the chosen organs -> stats
+    -> class probabilities and their argmax at model resolution (background outside the body box)
+    -> labels on the canonical grid: the argmax of trilinearly interpolated probabilities, computed only in
+       model cells that straddle a boundary (elsewhere the cell's one label) -> keep the chosen organs -> stats
     -> ct.to_source: the label map in the input's own voxel order
 """
 
@@ -34,10 +35,10 @@ import models
 from models.data.transforms import anti_alias_array
 from models.inference.memory import choose_batch
 from models.inference.options import SegmentOptions, resolve_organs
-from models.inference.predict import TTA_FLIPS, predict_labels
+from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities
 from models.inference.preprocess import body_box, inference_spacing, network_input
 from models.inference.region import crop_affine, organ_box
-from models.inference.resample import resample_labels
+from models.inference.resample import resample_labels_interpolated
 from models.inference.stats import organ_stats
 from models.io.reader import CTImage, load_ct
 from models.modeldir import LabelInfo, ModelSpec, load_model
@@ -254,18 +255,20 @@ class Segmenter:
         batch = choose_batch(prep.roi, self.spec.network.feature_size, self.spec.out_channels, body_shape,
                              self.device, tta=opts.tta, requested=opts.sw_batch_size)
         t0 = time.perf_counter()
-        model_labels = np.zeros(model_shape, dtype=np.uint8)
+        probs = torch.zeros((self.spec.out_channels, *model_shape))  # outside the body box: no class at all
         with self._lock:
-            model_labels[body] = predict_labels(
+            probs[(slice(None), *body)] = predict_probabilities(
                 self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
                 sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
                 tta=opts.tta, aggregate_on_device=batch.aggregate_on_device,
-            ).numpy()
+            )
         del volume
+        model_labels = argmax_labels(probs).numpy()  # all-zero vectors outside the body: background (0)
         timings["network"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        labels = resample_labels(model_labels, model_affine, hu.shape, affine)
+        labels = resample_labels_interpolated(model_labels, probs, model_affine, hu.shape, affine)
+        del probs
         timings["postprocess"] += time.perf_counter() - t0
         info["passes"].append({
             "spacing": list(spacing),
