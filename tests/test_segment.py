@@ -196,7 +196,8 @@ def test_interpolated_labels_are_the_argmax_of_trilinear_probabilities() -> None
     dst[:3, 3] = (8.0, -5.5, 0.5)  # starts before the model grid (border clamped) and ends past it
     shape = (45, 32, 16)
 
-    got = resample_labels_interpolated(labels, probs, src, shape, dst, chunk=1000)
+    everywhere = (slice(0, 12), slice(0, 10), slice(0, 7))
+    got = resample_labels_interpolated(labels, probs, everywhere, src, shape, dst)
 
     coords = np.linalg.solve(src, dst)[:3] @ np.vstack([np.indices(shape).reshape(3, -1), np.ones(np.prod(shape))])
     coords = np.clip(coords, 0, np.array(labels.shape)[:, None] - 1)
@@ -205,6 +206,15 @@ def test_interpolated_labels_are_the_argmax_of_trilinear_probabilities() -> None
     np.testing.assert_array_equal(got, expected)
     nearest = resample_labels(labels, src, shape, dst)
     assert (nearest != expected).mean() > 0.01  # the test can tell the two apart
+
+    # probabilities known on a box only: outside it every class has probability 0 (MONAI's inverse crop)
+    box = (slice(2, 9), slice(1, 10), slice(0, 5))
+    boxed = torch.zeros_like(probs)
+    boxed[(slice(None), *box)] = probs[(slice(None), *box)]
+    boxed_labels = np.where(boxed.sum(0).numpy() > 0, labels, 0).astype(np.uint8)
+    full = np.stack([ndimage.map_coordinates(p, coords, order=1) for p in boxed.numpy()])
+    got = resample_labels_interpolated(boxed_labels, probs[(slice(None), *box)], box, src, shape, dst)
+    np.testing.assert_array_equal(got, full.argmax(axis=0).reshape(shape))
 
 
 def test_window_batch_from_memory(monkeypatch) -> None:

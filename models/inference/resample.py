@@ -8,8 +8,6 @@ of the model voxel whose centre is nearest to its own centre.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -45,61 +43,76 @@ def resample_labels(
                                     mode="nearest")
 
 
-def _axis_weights(scale: float, offset: float, n_dst: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower corner, upper corner and upper weight of every target index along one axis (border clamped)."""
+def _axis_corners(scale: float, offset: float, n_dst: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper source index and upper weight of every target index along one axis (border clamped)."""
     coord = np.clip(scale * np.arange(n_dst) + offset, 0.0, n_src - 1.0)
-    lower = np.minimum(np.floor(coord).astype(np.intp), n_src - 1)
-    upper = np.minimum(lower + 1, n_src - 1)
-    return lower, upper, (coord - lower).astype(np.float32)
+    lower = np.floor(coord).astype(np.intp)
+    return lower, np.minimum(lower + 1, n_src - 1), (coord - lower).astype(np.float32)
 
 
-def _uniform_cells(labels: np.ndarray) -> np.ndarray:
-    """True where a voxel and its 7 upper neighbours (edge-repeated past the end) carry one label."""
-    nx, ny, nz = labels.shape
-    padded = np.pad(labels, [(0, 1)] * 3, mode="edge")
-    uniform = np.ones(labels.shape, dtype=bool)
-    for dx, dy, dz in itertools.product((0, 1), repeat=3):
-        uniform &= padded[dx : dx + nx, dy : dy + ny, dz : dz + nz] == labels
-    return uniform
+def _plane_uniform(labels: np.ndarray) -> np.ndarray:
+    """True where a voxel and its in-plane neighbours (+x, +y, +x+y; edges repeated) carry its label."""
+    pad = np.pad(labels, [(0, 1), (0, 1), (0, 0)], mode="edge")
+    return (pad[1:, :-1] == labels) & (pad[:-1, 1:] == labels) & (pad[1:, 1:] == labels)
 
 
 def resample_labels_interpolated(
     labels: np.ndarray,
     probs: torch.Tensor,
+    box: tuple[slice, slice, slice],
     src_affine: np.ndarray,
     dst_shape: tuple[int, ...],
     dst_affine: np.ndarray,
-    chunk: int = 1 << 18,
 ) -> np.ndarray:
     """The argmax of the trilinearly interpolated class probabilities on the target grid, as uint8.
 
     This is what MONAI's recipe gives (invert the transforms on the probabilities with bilinear
-    interpolation, then argmax): smooth organ boundaries instead of the model grid's staircase. It is
-    computed without ever holding probabilities on the target grid: a target voxel whose 8 surrounding
-    model voxels all carry label k takes k (a convex combination of vectors that all peak at k peaks at
-    k), so only the voxels of cells that straddle a boundary are interpolated, ``chunk`` at a time.
-    ``probs`` is (C, X, Y, Z) on the grid of ``labels`` (its argmax). Rotated grids fall back to nearest.
+    interpolation, then argmax): smooth organ boundaries instead of the model grid's staircase, without
+    ever holding probabilities on the target grid. ``labels`` is the argmax on the whole model grid;
+    ``probs`` (C, ...) covers only ``box`` of it (the body; elsewhere no class has any probability, as
+    MONAI's inverse crop pads zeros).
+
+    Why it is cheap: a target voxel whose 8 surrounding model voxels all carry label k takes k (a convex
+    combination of vectors that all peak at k peaks at k). So, one target slice at a time, the two model
+    slices around it are blended along z, then along x for every target row, and only the voxels of cells
+    that straddle a boundary are blended along y and take the argmax. Rotated grids fall back to nearest.
     """
     labels = np.asarray(labels)
     src_to_dst = np.linalg.solve(np.asarray(src_affine, float), np.asarray(dst_affine, float))
     linear, offset = src_to_dst[:3, :3], src_to_dst[:3, 3]
     if not np.all(np.abs(linear - np.diag(np.diag(linear))) <= AXIS_ALIGNED_TOL * np.abs(linear).max()):
         return resample_labels(labels, src_affine, dst_shape, dst_affine)
-    axes = [_axis_weights(np.diag(linear)[a], offset[a], dst_shape[a], labels.shape[a]) for a in range(3)]
-    lower = [a[0] for a in axes]
-    out = labels[np.ix_(*lower)]
-    todo = np.nonzero(~_uniform_cells(labels)[np.ix_(*lower)])
-    for start in range(0, len(todo[0]), chunk):
-        index = [t[start : start + chunk] for t in todo]
-        corners = [(a[0][i], a[1][i], torch.from_numpy(a[2][i])) for a, i in zip(axes, index, strict=True)]
-        acc: torch.Tensor | None = None
-        for bits in range(8):
-            pick = [c[1] if bits >> k & 1 else c[0] for k, c in enumerate(corners)]
-            weight = torch.ones(len(index[0]))
-            for k, c in enumerate(corners):
-                weight = weight * (c[2] if bits >> k & 1 else 1.0 - c[2])
-            term = probs[:, pick[0], pick[1], pick[2]] * weight
-            acc = term if acc is None else acc.add_(term)
-        assert acc is not None
-        out[tuple(index)] = acc.argmax(dim=0).numpy().astype(np.uint8)
-    return out
+    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (
+        _axis_corners(np.diag(linear)[a], offset[a], dst_shape[a], labels.shape[a]) for a in range(3)
+    )
+    # probabilities channel-last, one slice per z, with a zero border: model indices outside the box
+    # read a zero vector (index 0 or the last), inside the box they shift by one
+    n_classes = probs.shape[0]
+    padded = torch.zeros((probs.shape[3] + 2, probs.shape[1] + 2, probs.shape[2] + 2, n_classes))
+    padded[1:-1, 1:-1, 1:-1] = probs.permute(3, 1, 2, 0)
+
+    def in_box(index: np.ndarray, axis: int) -> torch.Tensor:
+        return torch.from_numpy(np.clip(index - box[axis].start + 1, 0, box[axis].stop - box[axis].start + 1))
+
+    bx0, bx1, by0, by1 = in_box(x0, 0), in_box(x1, 0), in_box(y0, 1), in_box(y1, 1)
+    ux, uy = torch.from_numpy(wx)[:, None, None], torch.from_numpy(wy)[:, None]
+    uniform = _plane_uniform(labels).transpose(2, 0, 1).copy()  # (Z, X, Y): one model slice contiguous
+    by_slice = labels.transpose(2, 0, 1).copy()
+    lower = np.ix_(x0, y0)
+    out = np.empty((dst_shape[2], dst_shape[0], dst_shape[1]), dtype=np.uint8)  # one target slice contiguous
+    flat_row = probs.shape[2] + 2  # rows of along_x, flattened
+    for k in range(dst_shape[2]):
+        a, b = z0[k], z1[k]
+        out[k] = by_slice[a][lower]
+        cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
+        todo = np.flatnonzero(~cell_uniform[lower])
+        if len(todo) == 0:
+            continue
+        za, zb = (int(np.clip(i - box[2].start + 1, 0, box[2].stop - box[2].start + 1)) for i in (a, b))
+        plane = torch.lerp(padded[za], padded[zb], float(wz[k]))  # (X + 2, Y + 2, C)
+        along_x = torch.lerp(plane[bx0], plane[bx1], ux).reshape(-1, n_classes)  # (target X * (Y + 2), C)
+        rows, cols = np.divmod(todo, dst_shape[1])
+        r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
+        value = torch.lerp(along_x.index_select(0, r + by0[c]), along_x.index_select(0, r + by1[c]), uy[c])
+        out[k].reshape(-1)[todo] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
+    return out.transpose(1, 2, 0).copy()

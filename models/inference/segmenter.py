@@ -255,19 +255,19 @@ class Segmenter:
         batch = choose_batch(prep.roi, self.spec.network.feature_size, self.spec.out_channels, body_shape,
                              self.device, tta=opts.tta, requested=opts.sw_batch_size)
         t0 = time.perf_counter()
-        probs = torch.zeros((self.spec.out_channels, *model_shape))  # outside the body box: no class at all
         with self._lock:
-            probs[(slice(None), *body)] = predict_probabilities(
+            probs = predict_probabilities(
                 self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
                 sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
                 tta=opts.tta, aggregate_on_device=batch.aggregate_on_device,
             )
         del volume
-        model_labels = argmax_labels(probs).numpy()  # all-zero vectors outside the body: background (0)
+        model_labels = np.zeros(model_shape, dtype=np.uint8)  # outside the body box: background
+        model_labels[body] = argmax_labels(probs).numpy()
         timings["network"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        labels = resample_labels_interpolated(model_labels, probs, model_affine, hu.shape, affine)
+        labels = resample_labels_interpolated(model_labels, probs, body, model_affine, hu.shape, affine)
         del probs
         timings["postprocess"] += time.perf_counter() - t0
         info["passes"].append({
