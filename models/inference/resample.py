@@ -1,9 +1,10 @@
-"""Resampling of a label map between two grids, by their voxel-to-world affines: nearest, or interpolated.
+"""Label maps from the model's grid to the scan's grid, by their voxel-to-world affines.
 
 Why not MONAI's inverse transforms: they resample float probabilities of every class at full
-resolution (gigabytes for a 512 x 512 x 300 CT, and most of the run time in users' reports). A label map
-is uint8 and nearest-neighbour resampling of it is exact bookkeeping: each target voxel takes the label
-of the model voxel whose centre is nearest to its own centre.
+resolution (gigabytes for a 512 x 512 x 300 CT, and most of the run time in users' reports).
+:func:`resample_labels_interpolated` gives the same labels (the argmax of trilinearly interpolated
+probabilities) one target slice at a time, interpolating only where a model cell straddles a boundary;
+:func:`resample_labels` is the plain nearest-neighbour lookup (rotated grids, and the cheap fallback).
 """
 
 from __future__ import annotations
@@ -85,11 +86,17 @@ def resample_labels_interpolated(
     (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (
         _axis_corners(np.diag(linear)[a], offset[a], dst_shape[a], labels.shape[a]) for a in range(3)
     )
-    # probabilities channel-last, one slice per z, with a zero border: model indices outside the box
-    # read a zero vector (index 0 or the last), inside the box they shift by one
+    # One model slice at a time, the probabilities are laid out channel-last with a zero border: model
+    # indices outside the box read a zero vector (index 0 or the last), inside the box they shift by one.
     n_classes = probs.shape[0]
-    padded = torch.zeros((probs.shape[3] + 2, probs.shape[1] + 2, probs.shape[2] + 2, n_classes))
-    padded[1:-1, 1:-1, 1:-1] = probs.permute(3, 1, 2, 0)
+    zero = torch.zeros((probs.shape[1] + 2, probs.shape[2] + 2, n_classes))
+
+    def model_slice(z: int) -> torch.Tensor:
+        if not box[2].start <= z < box[2].stop:
+            return zero
+        padded = zero.clone()
+        padded[1:-1, 1:-1] = probs[..., z - box[2].start].permute(1, 2, 0)
+        return padded
 
     def in_box(index: np.ndarray, axis: int) -> torch.Tensor:
         return torch.from_numpy(np.clip(index - box[axis].start + 1, 0, box[axis].stop - box[axis].start + 1))
@@ -101,6 +108,7 @@ def resample_labels_interpolated(
     lower = np.ix_(x0, y0)
     out = np.empty((dst_shape[2], dst_shape[0], dst_shape[1]), dtype=np.uint8)  # one target slice contiguous
     flat_row = probs.shape[2] + 2  # rows of along_x, flattened
+    cached: tuple = ((-1, -1), zero, zero)
     for k in range(dst_shape[2]):
         a, b = z0[k], z1[k]
         out[k] = by_slice[a][lower]
@@ -108,8 +116,9 @@ def resample_labels_interpolated(
         todo = np.flatnonzero(~cell_uniform[lower])
         if len(todo) == 0:
             continue
-        za, zb = (int(np.clip(i - box[2].start + 1, 0, box[2].stop - box[2].start + 1)) for i in (a, b))
-        plane = torch.lerp(padded[za], padded[zb], float(wz[k]))  # (X + 2, Y + 2, C)
+        if (a, b) != cached[0]:
+            cached = ((a, b), model_slice(a), model_slice(b))
+        plane = torch.lerp(cached[1], cached[2], float(wz[k]))  # (X + 2, Y + 2, C)
         along_x = torch.lerp(plane[bx0], plane[bx1], ux).reshape(-1, n_classes)  # (target X * (Y + 2), C)
         rows, cols = np.divmod(todo, dst_shape[1])
         r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
