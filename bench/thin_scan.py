@@ -10,21 +10,26 @@ mode, and reports the Dice of every organ present in the reference:
   which separates "thin input" from "unseen patient";
 - ``train_full``: the whole training scan (what the model was fitted to).
 
+The ``dicom`` case also runs once with edge-slice padding but without the anti-aliasing blur before
+resampling (``replicate_no_antialias``): what the 1 mm series looked like to the model before the blur.
+
     python bench/thin_scan.py --model runs/real-seg [--out bench/results/thin_scan_cpu.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from models.data import transforms
 from models.data.sample import fetch_sample_data
 from models.evaluation.evaluate import remap
 from models.evaluation.metrics import case_metrics
@@ -59,6 +64,20 @@ def write_slab(image: Path, label: Path, liver_id: int, mapping: dict[int, int],
     return paths[0], paths[1]
 
 
+@contextlib.contextmanager
+def settings(mode: str) -> Iterator[None]:
+    """Padding mode (and, for ``replicate_no_antialias``, no blur) for the calls made inside."""
+    sigma = transforms.anti_alias_sigma
+    predict.THIN_SCAN_PADDING = "replicate" if mode == "replicate_no_antialias" else mode  # read at call time
+    if mode == "replicate_no_antialias":
+        transforms.anti_alias_sigma = lambda source, target: (0.0,) * len(source)
+    try:
+        yield
+    finally:
+        transforms.anti_alias_sigma = sigma
+        predict.THIN_SCAN_PADDING = "replicate"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -83,10 +102,10 @@ def main() -> None:
         }
         for case, (image, label) in cases.items():
             results[case] = {}
-            for mode in MODES:
-                predict.THIN_SCAN_PADDING = mode  # read by predict_labels at call time
+            for mode in (*MODES, "replicate_no_antialias") if case == "dicom" else MODES:
                 t0 = time.perf_counter()
-                seg = segmenter.segment(image)
+                with settings(mode):
+                    seg = segmenter.segment(image)
                 ref = remap(load_label(label, like=seg.ct), mapping)
                 dice = dice_per_organ(seg.canonical_labels(), ref, organs, seg.ct.spacing)
                 results[case][mode] = {
