@@ -4,6 +4,7 @@ The trainer's own evaluation (``eval/`` in ``metrics.jsonl``) draws one shuffle 
 figure from 3 scans moves by a voxel from shuffle to shuffle. This script reloads the checkpoint,
 preprocesses the held-out scans with the current code (its own cache folder) and averages the trainer's
 ``evaluate_order`` over ``--shuffles`` permutations. Prints JSON; ``--out`` also writes it.
+``--no-blur`` preprocesses without the anti-aliasing blur, as runs trained before it saw their scans.
 
     python bench/order_eval.py runs/learn --shuffles 16 --out bench/results/order_eval_cpu.json
 """
@@ -21,11 +22,14 @@ from models.asa.data import PretrainViews
 from models.asa.model import ASA
 from models.asa.trainer import evaluate_order, load_checkpoint
 from models.config import PretrainConfig
+from models.data import transforms
 from models.data.cache import cached_volume
 from models.data.datasets import load_dataset
 
 
-def main(run: Path, shuffles: int) -> dict:
+def main(run: Path, shuffles: int, blur: bool = True) -> dict:
+    if not blur:
+        transforms.anti_alias_sigma = lambda source, target: (0.0,) * len(source)
     state = load_checkpoint(run)
     cfg = PretrainConfig.model_validate(state["config"])
     info = json.loads((run / "run.json").read_text())
@@ -45,6 +49,7 @@ def main(run: Path, shuffles: int) -> dict:
         "step": int(state["step"]),
         "held_out": info["holdout_cases"],
         "shuffles": shuffles,
+        "anti_alias_blur": blur,
         "mean": mean,
         "std_over_shuffles": spread,
         "student_error_over_baseline": mean["student_order_error_vox"] / mean["baseline_order_error_vox"],
@@ -55,9 +60,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--shuffles", type=int, default=16)
+    parser.add_argument("--no-blur", action="store_true", help="preprocess without the anti-aliasing blur")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = main(args.run, args.shuffles)
+    result = main(args.run, args.shuffles, blur=not args.no_blur)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
