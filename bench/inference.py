@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonout import emit_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -242,11 +243,7 @@ def main() -> None:
                                 with_fast=name.startswith("synthetic"))
                   for name, scan in cases.items()},
     }
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(results, args.out)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ self-times are summed into a few groups, as shares of the total.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from jsonout import emit_json
 from monai.networks.nets import SwinUNETR
 
 GROUPS = {  # exact operator names
@@ -53,8 +53,4 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    text = json.dumps(main(args.threads), indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(main(args.threads), args.out)

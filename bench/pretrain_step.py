@@ -26,7 +26,6 @@ own repeats. One JSON object goes to stdout (and to ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jsonout import emit_json
 
 from models.asa import losses, pretext
 from models.asa.data import PretrainViews, collate, step_items
@@ -421,11 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for name, r in result["phases"].items()
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
     return result
 
 

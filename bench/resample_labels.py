@@ -11,13 +11,13 @@ abdomen) and "specks" (rough logits: most cells do, the worst case). Prints JSON
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from jsonout import emit_json
 from scipy import ndimage
 
 from models.inference.resample import _plane_uniform, resample_labels, resample_labels_interpolated
@@ -71,8 +71,4 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    text = json.dumps(main(args.repeats), indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(main(args.repeats), args.out)

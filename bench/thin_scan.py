@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 import highdicom as hd
 import nibabel as nib
 import numpy as np
+from jsonout import emit_json
 
 from models.data import transforms
 from models.data.sample import fetch_sample_data
@@ -140,11 +140,7 @@ def main() -> None:
                 if case == "dicom" and mode == "replicate":
                     results[case]["dicom_seg"] = dicom_seg_check(seg, Path(tmp) / "dicom_out")
     report = {"model": str(args.model), "slab_mm": SLAB_MM, "cases": results}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(report, args.out, indent=1)
 
 
 if __name__ == "__main__":
