@@ -78,9 +78,10 @@ def preprocess(ct: CTImage, cfg: DataConfig, anti_aliased: bool = False) -> Meta
     then crops it, so that a crop's edges see their real neighbours).
     """
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(ct.array, dtype=np.float32))[None], affine=ct.affine)
+    if not anti_aliased:
+        image = anti_alias(image, cfg.spacing)
     pipeline = Compose(
         [
-            (lambda x: x) if anti_aliased else (lambda x: anti_alias(x, cfg.spacing)),
             Spacing(pixdim=cfg.spacing, mode="bilinear", padding_mode="border"),
             ScaleIntensityRange(a_min=cfg.hu_min, a_max=cfg.hu_max, b_min=0.0, b_max=1.0, clip=True),
         ]

@@ -28,9 +28,8 @@ def resample_labels(
     78 MB and well under a second).
     """
     labels = np.asarray(labels)
-    src_to_dst = np.linalg.solve(np.asarray(src_affine, float), np.asarray(dst_affine, float))  # dst idx -> src idx
-    linear, offset = src_to_dst[:3, :3], src_to_dst[:3, 3]
-    if np.all(np.abs(linear - np.diag(np.diag(linear))) <= AXIS_ALIGNED_TOL * np.abs(linear).max()):
+    linear, offset = _target_to_source(src_affine, dst_affine)
+    if _axis_aligned(linear):
         # floor(x + 0.5): ties (a target centre exactly between two source centres, e.g. a 2x spacing
         # factor) always go up, never alternate as round-half-to-even would
         index = [
@@ -42,6 +41,17 @@ def resample_labels(
     # rotated grids (not produced by our pipeline, kept for callers with arbitrary grids)
     return ndimage.affine_transform(labels, linear, offset=offset, output_shape=tuple(dst_shape), order=0,
                                     mode="nearest")
+
+
+def _target_to_source(src_affine: np.ndarray, dst_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear part and offset of the map from target voxel indices to source voxel indices."""
+    src_to_dst = np.linalg.solve(np.asarray(src_affine, float), np.asarray(dst_affine, float))
+    return src_to_dst[:3, :3], src_to_dst[:3, 3]
+
+
+def _axis_aligned(linear: np.ndarray) -> bool:
+    """The grids share their axes (``Spacing`` keeps direction cosines): each axis maps on its own."""
+    return bool(np.all(np.abs(linear - np.diag(np.diag(linear))) <= AXIS_ALIGNED_TOL * np.abs(linear).max()))
 
 
 def _axis_corners(scale: float, offset: float, n_dst: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,9 +89,8 @@ def resample_labels_interpolated(
     that straddle a boundary are blended along y and take the argmax. Rotated grids fall back to nearest.
     """
     labels = np.asarray(labels)
-    src_to_dst = np.linalg.solve(np.asarray(src_affine, float), np.asarray(dst_affine, float))
-    linear, offset = src_to_dst[:3, :3], src_to_dst[:3, 3]
-    if not np.all(np.abs(linear - np.diag(np.diag(linear))) <= AXIS_ALIGNED_TOL * np.abs(linear).max()):
+    linear, offset = _target_to_source(src_affine, dst_affine)
+    if not _axis_aligned(linear):
         return resample_labels(labels, src_affine, dst_shape, dst_affine)
     (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (
         _axis_corners(np.diag(linear)[a], offset[a], dst_shape[a], labels.shape[a]) for a in range(3)
