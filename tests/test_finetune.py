@@ -430,3 +430,39 @@ def test_training_crops_of_a_thin_scan_repeat_its_edge_slices_as_inference_does(
         assert len(kept) > 20  # the 56 slices of padding copy the edge slices, none is blank
         assert not bool((crop["image"] == 0).all(dim=(0, 1, 2)).any())
         assert torch.equal(torch.as_tensor(crop["label"][..., 0]), label[..., 0])  # labels padded alike
+
+
+def test_rand_contrast_phase_raises_each_organ_by_one_bolus_strength() -> None:
+    from models.data.transforms import RandContrastPhased
+
+    image = torch.full((1, 8, 8, 8), 0.5)
+    image[:, :, :, 7] = 0.98  # near the window's top: must clip at 1, as the HU window would
+    label = torch.zeros(1, 8, 8, 8)
+    label[:, :4] = 6  # liver
+    label[:, 4:6] = 8  # aorta
+    phase = RandContrastPhased("image", "label", {6: 0.1, 8: 0.3}, prob=1.0)
+    for seed in range(5):
+        phase.set_random_state(seed=seed)
+        out = phase({"image": image, "label": label})["image"]
+        t = phase._strength
+        assert 0.0 <= t <= 1.0
+        assert torch.allclose(out[:, :4, :, :7], torch.tensor(0.5 + 0.1 * t))  # liver
+        assert torch.allclose(out[:, 4:6, :, :7], torch.tensor(0.5 + 0.3 * t))  # aorta: same bolus, more
+        assert torch.equal(out[:, 6:], image[:, 6:])  # background untouched
+        assert float(out.max()) <= 1.0
+    assert torch.equal(image[:, :, :, 0], torch.full((1, 8, 8), 0.5))  # input not modified in place
+    off = RandContrastPhased("image", "label", {6: 0.1}, prob=0.0)({"image": image, "label": label})
+    assert off["image"] is image
+
+
+def test_contrast_offsets_follow_organ_names_and_the_hu_window() -> None:
+    from models.finetune.config import FinetuneDataConfig
+    from models.finetune.data import contrast_offsets
+
+    cfg = FinetuneDataConfig(hu_min=-175.0, hu_max=250.0)
+    offsets = contrast_offsets(cfg, {1: "Spleen", 4: "gallbladder", 6: "LIVER", 20: "Right_Kidney", 21: "tumour"})
+    assert offsets == pytest.approx({1: 70 / 425, 6: 60 / 425, 20: 120 / 425})  # bile (0 HU) and unknowns left out
+    custom = FinetuneDataConfig(contrast_hu={"tumour": 85.0})
+    assert contrast_offsets(custom, {21: "tumour", 6: "liver"}) == pytest.approx({21: 85 / 425})
+    default = FinetuneDataConfig()
+    assert default.contrast_prob == 0.0  # off unless asked: the BTCV recipe has no such augmentation

@@ -64,3 +64,24 @@ def msd_labels(labels: dict[int, str] | None = None) -> dict[str, str]:
     """The ``labels`` entry of an MSD ``dataset.json``: string ids, background included."""
     names = BTCV_LABELS if labels is None else labels
     return {"0": "background", **{str(k): v for k, v in sorted(names.items()) if k != BACKGROUND}}
+
+
+PORTAL_VENOUS_HU: dict[str, float] = {
+    "spleen": 70.0,
+    "right kidney": 120.0,
+    "left kidney": 120.0,
+    "gallbladder": 0.0,
+    "esophagus": 30.0,
+    "liver": 60.0,
+    "stomach": 30.0,
+    "aorta": 150.0,
+    "inferior vena cava": 110.0,
+    "portal and splenic veins": 140.0,
+    "pancreas": 60.0,
+    "right adrenal gland": 40.0,
+    "left adrenal gland": 40.0,
+}
+"""Typical rise in HU of each BTCV organ from a native scan to the portal-venous phase (the phase most
+abdominal CT is read in): parenchyma enhances by tens of HU, vessels by over a hundred, bile not at all.
+Round figures from the radiology literature; they set the *range* :class:`models.data.transforms.RandContrastPhased`
+draws from."""

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from models.config import _Strict, build_layered
+from models.data.labels import PORTAL_VENOUS_HU
 
 
 class SegNetworkConfig(_Strict):
@@ -51,6 +52,13 @@ class FinetuneDataConfig(_Strict):
     intensity_scale: float = Field(0.1, ge=0.0, le=1.0, description="random intensity scale factor amplitude")
     intensity_shift: float = Field(0.1, ge=0.0, le=1.0, description="random intensity offset amplitude")
     intensity_prob: float = Field(0.5, ge=0.0, le=1.0)
+    contrast_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="probability a crop's organs get a simulated contrast phase (native scans)"
+    )
+    contrast_hu: dict[str, float] = Field(
+        default_factory=lambda: dict(PORTAL_VENOUS_HU),
+        description="largest simulated enhancement per organ name, HU (default: portal-venous phase)",
+    )
     slab_prob: float = Field(
         0.0, ge=0.0, le=1.0, description="probability a crop keeps only a random slab of slices along z (thin scans)"
     )
@@ -150,4 +158,3 @@ def build_finetune_config(
 ) -> FinetuneConfig:
     """A :class:`FinetuneConfig` from a preset and its overrides (see :func:`models.config.build_layered`)."""
     return build_layered(FinetuneConfig, PRESETS, preset, yaml_path, overrides, fields)
-

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from models.data.datasets import Case, Dataset, split_holdout
-from models.data.transforms import THIN_SCAN_PADDING, RandSlabd, anti_alias
+from models.data.transforms import THIN_SCAN_PADDING, RandContrastPhased, RandSlabd, anti_alias
 from models.finetune.config import FinetuneConfig, FinetuneDataConfig
 from models.finetune.labels import apply_label_map
 from models.training import step_seed
@@ -200,10 +200,27 @@ class PairStore:
 
 
 # -- per-step crops --------------------------------------------------------------------------------
-def train_transforms(cfg: FinetuneDataConfig) -> Compose:
+def contrast_offsets(cfg: FinetuneDataConfig, organ_names: dict[int, str]) -> dict[int, float]:
+    """Label id -> largest simulated enhancement in window units, for the organs ``contrast_hu`` names.
+
+    Names match whatever their case, spaces, hyphens or underscores, so a dataset's ``Right_Kidney``
+    finds ``right kidney``; organs it does not name are not enhanced.
+    """
+
+    def norm(name: str) -> str:
+        return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+    hu = {norm(k): v for k, v in cfg.contrast_hu.items()}
+    width = cfg.hu_max - cfg.hu_min
+    return {i: hu[norm(n)] / width for i, n in organ_names.items() if norm(n) in hu and hu[norm(n)] > 0}
+
+
+def train_transforms(cfg: FinetuneDataConfig, offsets: dict[int, float] | None = None) -> Compose:
     """The BTCV recipe's augmentation: pad to the roi, pos/neg crops, flips, rot90, intensity scale/shift.
 
-    Plus, when ``slab_prob`` > 0, thin-slab crops (:class:`models.data.transforms.RandSlabd`).
+    Plus, when ``slab_prob`` > 0, thin-slab crops (:class:`models.data.transforms.RandSlabd`), and when
+    ``contrast_prob`` > 0, a simulated contrast phase (:class:`models.data.transforms.RandContrastPhased`,
+    ``offsets`` from :func:`contrast_offsets`), before the global intensity changes.
     """
     keys = ["image", "label"]
     roi = (cfg.roi,) * 3
@@ -223,6 +240,7 @@ def train_transforms(cfg: FinetuneDataConfig) -> Compose:
             RandSlabd("image", "label", prob=cfg.slab_prob, min_slices=cfg.slab_min_slices),
             *[RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)],
             RandRotate90d(keys, prob=cfg.rot90_prob, max_k=3),
+            RandContrastPhased("image", "label", offsets or {}, prob=cfg.contrast_prob),
             RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=cfg.intensity_prob),
             RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
         ]
@@ -232,9 +250,9 @@ def train_transforms(cfg: FinetuneDataConfig) -> Compose:
 class TrainCrops(TorchDataset):
     """Maps an :data:`Item` to ``num_samples`` augmented (image, label) crops of one case."""
 
-    def __init__(self, store: PairStore, cfg: FinetuneDataConfig) -> None:
+    def __init__(self, store: PairStore, cfg: FinetuneDataConfig, offsets: dict[int, float] | None = None) -> None:
         self.store, self.cfg = store, cfg
-        self.transforms = train_transforms(cfg)
+        self.transforms = train_transforms(cfg, offsets)
 
     def __len__(self) -> int:
         return len(self.store)

@@ -30,7 +30,7 @@ from models.asa.schedules import warmup_cosine
 from models.config import save_config
 from models.data.datasets import Case
 from models.finetune.config import FinetuneConfig
-from models.finetune.data import PairStore, StepSampler, TrainCrops, cached_pair, collate
+from models.finetune.data import PairStore, StepSampler, TrainCrops, cached_pair, collate, contrast_offsets
 from models.finetune.evaluate import evaluate
 from models.finetune.transfer import TransferReport, load_teacher_state, random_init_report, transfer_weights
 from models.modeldir import LabelInfo, ModelSpec, Preprocessing, SegNetwork, save_model
@@ -248,7 +248,7 @@ def finetune(
         return figures
 
     loader = DataLoader(
-        TrainCrops(train_store, cfg.data),
+        TrainCrops(train_store, cfg.data, contrast_offsets(cfg.data, organ_names)),
         batch_sampler=StepSampler(
             len(train_store), cfg.batch_size, cfg.seed, start, min(total, stop_at or total), ctx.rank, ctx.world
         ),
