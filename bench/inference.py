@@ -8,9 +8,11 @@ process's wall time and peak RSS (``os.wait4``) and repeats the whole comparison
     -> CropForegroundd -> sliding_window_inference(sw batch 4, overlap 0.5, gaussian, fp32) -> softmax
     -> Invertd(probabilities, bilinear) -> argmax -> SaveImaged
 
-Cases: the real sample's ``example_ct.nii.gz`` (TotalSegmentator's reference CT) and a synthetic
-512 x 512 x 300 CT (see ``bench/segment_memory.py``). ``--fast`` is timed on the synthetic CT as well, and
-``--bf16`` (opt-in fast path) on both, with its agreement against the fp32 baseline.
+Cases: the real sample's ``example_ct.nii.gz`` (TotalSegmentator's reference CT, 122 x 101 x 112 at 3 mm)
+and the same anatomy at clinical size, 512 x 512 x 300 (``bench/large_ct.py``: interpolated to 0.7 mm,
+noise added, stored LPS), so that a model trained on CT recognises what it sees in both. ``--fast`` is
+timed on the large CT as well, and ``--bf16`` (opt-in fast path) on both, with its agreement against the
+fp32 baseline.
 The model is ``--model RUN`` or, by default, a feature-size-12 BTCV-layout Swin UNETR with random weights
 (speed and memory do not depend on the weights; agreement is stricter on a trained model).
 
@@ -202,7 +204,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="model directory (default: random-weight fs12 BTCV layout)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--cases", default="real,synthetic", help="real, synthetic or both")
+    parser.add_argument("--cases", default="real,large", help="real, large or both")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/asa-bench-inference"))
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--worker", choices=["baseline"], help=argparse.SUPPRESS)
@@ -219,7 +221,7 @@ def main() -> None:
     from models.data.sample import fetch_sample_data
 
     sys.path.insert(0, str(REPO / "bench"))
-    from segment_memory import make_scan
+    from large_ct import make_large_ct
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.model.resolve() if args.model else default_model(args.workdir)
@@ -228,11 +230,11 @@ def main() -> None:
     wanted = {c.strip() for c in args.cases.split(",")}
     if "real" in wanted:
         cases["real_example_ct"] = fetch_sample_data() / "example_ct.nii.gz"
-    if "synthetic" in wanted:
-        synthetic = args.workdir / "ct512x512x300.nii.gz"
-        if not synthetic.exists():
-            make_scan(synthetic)
-        cases["synthetic_512x512x300"] = synthetic
+    if "large" in wanted:
+        large = args.workdir / "ct_sample_512x512x300.nii.gz"
+        if not large.exists():
+            make_large_ct(fetch_sample_data() / "example_ct.nii.gz", large)
+        cases["large_512x512x300"] = large
     results = {
         "model": str(model),
         "overlap": args.overlap,
@@ -240,7 +242,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cases": {name: compare(name, scan, model, args.workdir, args.repeats, args.overlap, env,
-                                with_fast=name.startswith("synthetic"))
+                                with_fast=name.startswith("large"))
                   for name, scan in cases.items()},
     }
     emit_json(results, args.out)

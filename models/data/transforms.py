@@ -77,9 +77,10 @@ def preprocess(ct: CTImage, cfg: DataConfig, anti_aliased: bool = False) -> Meta
     ``anti_aliased``: ``ct.array`` was already blurred for this spacing (inference blurs a whole scan once,
     then crops it, so that a crop's edges see their real neighbours).
     """
-    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(ct.array, dtype=np.float32))[None], affine=ct.affine)
-    if not anti_aliased:
-        image = anti_alias(image, cfg.spacing)
+    hu = ct.array if anti_aliased else anti_alias_array(ct.array, ct.spacing, cfg.spacing)
+    # any memory layout will do (the reader keeps NIfTI's Fortran order): copying into C order would
+    # transpose the volume in memory, seconds on a clinical-size scan, for no change in the result
+    image = MetaTensor(torch.from_numpy(np.asarray(hu, dtype=np.float32))[None], affine=ct.affine)
     pipeline = Compose(
         [
             Spacing(pixdim=cfg.spacing, mode="bilinear", padding_mode="border"),

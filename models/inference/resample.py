@@ -115,12 +115,15 @@ def resample_labels_interpolated(
     uniform = _plane_uniform(labels).transpose(2, 0, 1).copy()  # (Z, X, Y): one model slice contiguous
     by_slice = labels.transpose(2, 0, 1).copy()
     lower = np.ix_(x0, y0)
-    out = np.empty((dst_shape[2], dst_shape[0], dst_shape[1]), dtype=np.uint8)  # one target slice contiguous
+    # (Z, Y, X) in C order is (X, Y, Z) in Fortran order, the reader's layout for NIfTI scans: the label map
+    # then walks memory like the HU volume (statistics) and the file it is saved to, with no transposing copy
+    out = np.empty((dst_shape[2], dst_shape[1], dst_shape[0]), dtype=np.uint8)
     flat_row = probs.shape[2] + 2  # rows of along_x, flattened
     cached: tuple = ((-1, -1), zero, zero)
     for k in range(dst_shape[2]):
         a, b = z0[k], z1[k]
-        out[k] = by_slice[a][lower]
+        target = out[k].T  # (X, Y) view of this slice
+        target[...] = by_slice[a][lower]
         cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
         todo = np.flatnonzero(~cell_uniform[lower])
         if len(todo) == 0:
@@ -132,5 +135,5 @@ def resample_labels_interpolated(
         rows, cols = np.divmod(todo, dst_shape[1])
         r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
         value = torch.lerp(along_x.index_select(0, r + by0[c]), along_x.index_select(0, r + by1[c]), uy[c])
-        out[k].reshape(-1)[todo] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
-    return out.transpose(1, 2, 0).copy()
+        target[rows, cols] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
+    return out.transpose(2, 1, 0)

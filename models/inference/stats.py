@@ -73,9 +73,9 @@ def _one(
     n = int(mask.sum())
     if n == 0:
         return empty
-    hu = ct.array[box][mask].astype(np.float64)
+    hu_mean, hu_std = _masked_mean_std(ct.array[box], mask, n)
     start = np.array([s.start for s in box], dtype=np.float64)
-    centroid_can = np.array(ndimage.center_of_mass(mask), dtype=np.float64) + start
+    centroid_can = _centroid(mask, n) + start
     lo_can = start
     hi_can = np.array([s.stop - 1 for s in box], dtype=np.float64)
     centroid_src = _apply(can_to_src, centroid_can)
@@ -87,8 +87,8 @@ def _one(
         "name": name,
         "voxels": n,
         "volume_ml": n * voxel_ml,
-        "hu_mean": float(hu.mean()),
-        "hu_std": float(hu.std()),
+        "hu_mean": hu_mean,
+        "hu_std": hu_std,
         "centroid_mm": _round(_world(ct, centroid_can, system)),
         "centroid_voxel": _round(centroid_src),
         "bbox_voxel_min": [int(v) for v in lo_src],
@@ -96,6 +96,35 @@ def _one(
         "bbox_mm_min": _round(corners_mm.min(axis=0)),
         "bbox_mm_max": _round(corners_mm.max(axis=0)),
     }
+
+
+def _masked_mean_std(hu: np.ndarray, mask: np.ndarray, n: int, chunk: int = 16) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 0) of ``hu`` where ``mask``, in float64, ``chunk`` slices at a time.
+
+    Masked sums instead of ``hu[mask]``: they walk the arrays in memory order whatever their layout, and
+    no organ-sized copy is made (a liver is hundreds of MB of float64 on a 0.7 mm scan).
+    """
+    total = squares = 0.0
+    for k in range(0, hu.shape[2], chunk):
+        h, m = hu[:, :, k : k + chunk].astype(np.float64), mask[:, :, k : k + chunk]
+        total += float(np.sum(h, where=m))
+        squares += float(np.sum(np.square(h, out=h), where=m))
+    mean = total / n
+    return mean, float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+
+
+def _centroid(mask: np.ndarray, n: int) -> np.ndarray:
+    """Mean voxel index of a boolean mask, from its three axis profiles.
+
+    Same result as ``ndimage.center_of_mass`` without its per-axis float index grids of the box's size
+    (10 s for 11 organs on a 512 x 512 x 300 scan; this takes a fraction of a second).
+    """
+    out = np.empty(3)
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        profile = np.count_nonzero(mask, axis=others)
+        out[axis] = float(profile @ np.arange(profile.size)) / n
+    return out
 
 
 def _apply(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
