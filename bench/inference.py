@@ -138,7 +138,7 @@ def default_model(workdir: Path) -> Path:
 
 
 def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
-            with_fast: bool) -> dict[str, Any]:  # fmt: skip
+            with_fast: bool, with_bf16: bool = True) -> dict[str, Any]:  # fmt: skip
     asa = str(REPO / ".venv" / "bin" / "asa") if (REPO / ".venv" / "bin" / "asa").exists() else "asa"
     runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": []}
     for r in range(repeats):
@@ -152,9 +152,10 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
                          "--worker-out", str(out_base), "--overlap", str(overlap)], env)  # fmt: skip
         res["stages_s"] = json.loads(res["stdout"].strip().splitlines()[-1])
         runs["baseline"].append(res)
-        res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_bf16), "--bf16",
-                         "--overlap", str(overlap)], env)  # fmt: skip
-        runs["bf16"].append(res)
+        if with_bf16:
+            res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_bf16), "--bf16",
+                             "--overlap", str(overlap)], env)  # fmt: skip
+            runs["bf16"].append(res)
         if with_fast:
             res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_fast), "--fast",
                              "--overlap", str(overlap)], env)  # fmt: skip
@@ -184,13 +185,13 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
         "asa_share_outside_network_incl_startup": 1.0 - network / med("asa", "wall_s"),
         "baseline_stages_s": {k: statistics.median(r["stages_s"][k] for r in runs["baseline"])
                               for k in runs["baseline"][0]["stages_s"]},
-        "bf16_wall_s": med("bf16", "wall_s"),
-        "bf16_speedup": med("baseline", "wall_s") / med("bf16", "wall_s"),
-        "bf16_agreement_with_baseline": dice_agreement(
-            load_mask(next((workdir / case / "bf160").rglob("segmentation.nii.gz")))[0], base
-        )["mean_dice"],
         "walls_s": {k: [round(r["wall_s"], 2) for r in v] for k, v in runs.items() if v},
     }
+    if with_bf16:
+        result["bf16_wall_s"] = med("bf16", "wall_s")
+        result["bf16_speedup"] = med("baseline", "wall_s") / med("bf16", "wall_s")
+        bf16, _ = load_mask(next((workdir / case / "bf160").rglob("segmentation.nii.gz")))
+        result["bf16_agreement_with_baseline"] = dice_agreement(bf16, base)["mean_dice"]
     if with_fast:
         result["fast_wall_s"] = med("fast", "wall_s")
         result["fast_peak_rss_mb"] = med("fast", "peak_rss_mb")
@@ -207,6 +208,7 @@ def main() -> None:
     parser.add_argument("--cases", default="real,large", help="real, large or both")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/asa-bench-inference"))
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs (saves a third of the time)")
     parser.add_argument("--worker", choices=["baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -242,7 +244,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cases": {name: compare(name, scan, model, args.workdir, args.repeats, args.overlap, env,
-                                with_fast=name.startswith("large"))
+                                with_fast=name.startswith("large"), with_bf16=not args.no_bf16)
                   for name, scan in cases.items()},
     }
     emit_json(results, args.out)
