@@ -73,6 +73,9 @@ def test_nifti_orientations_marker_and_roundtrip(tmp_path: Path, name: str) -> N
     assert ct.orientation == "RAS"
     assert ct.source.axcodes == "".join(nib.aff2axcodes(aff))
     assert sorted(ct.spacing) == pytest.approx(sorted((0.9, 1.3, 2.5)), abs=1e-4)
+    if name in ("RAS", "LPS"):  # axes only flipped: the Fortran layout of NIfTI data survives, no transposing copy
+        assert ct.array.flags.f_contiguous
+        assert ct.to_source(ct.array).flags.f_contiguous
 
 
 def test_nifti_int32_scl_slope_inter(tmp_path: Path) -> None:

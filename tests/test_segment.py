@@ -204,6 +204,7 @@ def test_interpolated_labels_are_the_argmax_of_trilinear_probabilities() -> None
     full = np.stack([ndimage.map_coordinates(p, coords, order=1) for p in probs.numpy()])
     expected = full.argmax(axis=0).reshape(shape)
     np.testing.assert_array_equal(got, expected)
+    assert got.flags.f_contiguous  # the reader's NIfTI layout: statistics and saving walk it in order
     nearest = resample_labels(labels, src, shape, dst)
     assert (nearest != expected).mean() > 0.01  # the test can tell the two apart
 
