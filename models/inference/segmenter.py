@@ -75,7 +75,7 @@ class SegmentationResult:
 
     def canonical_labels(self) -> np.ndarray:
         """The label map on ``ct.array``'s grid (for overlays on the canonical HU volume)."""
-        return np.ascontiguousarray(apply_orientation(self.labels, self.ct.source.to_canonical_transform))
+        return np.array(apply_orientation(self.labels, self.ct.source.to_canonical_transform), order="K", copy=True)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
