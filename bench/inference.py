@@ -39,8 +39,12 @@ sys.path.insert(0, str(REPO))
 
 
 # -- the baseline pipeline (runs in its own process) ----------------------------------------------
-def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float) -> dict[str, float]:
-    """MONAI's BTCV recipe, as documented: inverse transforms on the probabilities, then argmax."""
+def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float, blur: bool = False) -> dict[str, float]:
+    """MONAI's BTCV recipe, as documented: inverse transforms on the probabilities, then argmax.
+
+    ``blur``: add ASA-CT's anti-aliasing blur before ``Spacingd`` (as an exported bundle does), so that the
+    two pipelines see the same network input and their masks differ only by how they get there.
+    """
     import torch
     from monai.data import decollate_batch, list_data_collate
     from monai.inferers import sliding_window_inference
@@ -50,6 +54,7 @@ def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float) -> dict
         CropForegroundd,
         EnsureChannelFirstd,
         Invertd,
+        Lambdad,
         LoadImaged,
         Orientationd,
         SaveImaged,
@@ -57,6 +62,7 @@ def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float) -> dict
         Spacingd,
     )
 
+    from models.data.transforms import anti_alias
     from models.modeldir import load_model
 
     network, spec = load_model(model_dir, map_location="cpu")
@@ -66,6 +72,7 @@ def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float) -> dict
         LoadImaged(keys="image"),
         EnsureChannelFirstd(keys="image"),
         Orientationd(keys="image", axcodes="RAS"),
+        *([Lambdad(keys="image", func=lambda x: anti_alias(x, prep.spacing))] if blur else []),
         Spacingd(keys="image", pixdim=prep.spacing, mode="bilinear"),
         ScaleIntensityRanged(keys="image", a_min=prep.hu_min, a_max=prep.hu_max, b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(keys="image", source_key="image", allow_smaller=True),
@@ -138,7 +145,7 @@ def default_model(workdir: Path) -> Path:
 
 
 def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
-            with_fast: bool, with_bf16: bool = True) -> dict[str, Any]:  # fmt: skip
+            with_fast: bool, with_bf16: bool = True, baseline_blur: bool = False) -> dict[str, Any]:  # fmt: skip
     asa = str(REPO / ".venv" / "bin" / "asa") if (REPO / ".venv" / "bin" / "asa").exists() else "asa"
     runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": []}
     for r in range(repeats):
@@ -149,7 +156,8 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
         res["stages_s"] = report["timings_s"]
         runs["asa"].append(res)
         res = run_child([sys.executable, __file__, "--worker", "baseline", "--scan", str(scan), "--model", str(model),
-                         "--worker-out", str(out_base), "--overlap", str(overlap)], env)  # fmt: skip
+                         "--worker-out", str(out_base), "--overlap", str(overlap),
+                         *(["--baseline-blur"] if baseline_blur else [])], env)  # fmt: skip
         res["stages_s"] = json.loads(res["stdout"].strip().splitlines()[-1])
         runs["baseline"].append(res)
         if with_bf16:
@@ -208,6 +216,8 @@ def main() -> None:
     parser.add_argument("--cases", default="real,large", help="real, large or both")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/asa-bench-inference"))
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--baseline-blur", action="store_true",
+                        help="give the baseline ASA-CT's anti-aliasing blur (isolates every other difference)")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs (saves a third of the time)")
     parser.add_argument("--worker", choices=["baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
@@ -215,7 +225,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker == "baseline":
-        print(json.dumps(run_baseline(args.scan, args.model, args.worker_out, args.overlap)))
+        print(json.dumps(run_baseline(args.scan, args.model, args.worker_out, args.overlap, args.baseline_blur)))
         return
 
     import torch
@@ -241,10 +251,12 @@ def main() -> None:
         "model": str(model),
         "overlap": args.overlap,
         "repeats": args.repeats,
+        "baseline_blur": args.baseline_blur,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cases": {name: compare(name, scan, model, args.workdir, args.repeats, args.overlap, env,
-                                with_fast=name.startswith("large"), with_bf16=not args.no_bf16)
+                                with_fast=name.startswith("large"), with_bf16=not args.no_bf16,
+                                baseline_blur=args.baseline_blur)
                   for name, scan in cases.items()},
     }
     emit_json(results, args.out)
