@@ -117,7 +117,7 @@ def _centroid(mask: np.ndarray, n: int) -> np.ndarray:
     """Mean voxel index of a boolean mask, from its three axis profiles.
 
     Same result as ``ndimage.center_of_mass`` without its per-axis float index grids of the box's size
-    (10 s for 11 organs on a 512 x 512 x 300 scan; this takes a fraction of a second).
+    (about a second per organ that spans a 512 x 512 x 300 scan; the profiles take a fraction of that).
     """
     out = np.empty(3)
     for axis in range(3):
