@@ -7,6 +7,8 @@ phantoms can be evaluated on BTCV without any remapping.
 
 from __future__ import annotations
 
+import re
+
 BACKGROUND = 0
 SPLEEN = 1
 RIGHT_KIDNEY = 2
@@ -85,3 +87,8 @@ PORTAL_VENOUS_HU: dict[str, float] = {
 abdominal CT is read in): parenchyma enhances by tens of HU, vessels by over a hundred, bile not at all.
 Round figures from the radiology literature; they set the *range* :class:`models.data.transforms.RandContrastPhased`
 draws from."""
+
+
+def normalise_organ_name(name: str) -> str:
+    """Case, spaces, underscores and hyphens do not matter: 'Right_Kidney' == 'right kidney'."""
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())

@@ -179,6 +179,7 @@ class RandContrastPhased(MapTransform, RandomizableTransform):
         self._table = torch.zeros(max(top + 1, 256))
         for label, offset in offsets.items():
             self._table[label] = offset
+        self._active = any(offset != 0 for offset in offsets.values())
         self._strength = 0.0
 
     def randomize(self, data: object = None) -> None:  # type: ignore[override]
@@ -188,7 +189,7 @@ class RandContrastPhased(MapTransform, RandomizableTransform):
     def __call__(self, data: dict) -> dict:  # type: ignore[override]
         d = dict(data)
         self.randomize()
-        if not self._do_transform or not bool(self._table.any()):
+        if not self._do_transform or not self._active:
             return d
         image, label = d[self.image_key], d[self.label_key]
         rise = self._table.to(image.device)[torch.as_tensor(label).long().clamp(0, len(self._table) - 1)]

@@ -43,6 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from models.data.datasets import Case, Dataset, split_holdout
+from models.data.labels import normalise_organ_name
 from models.data.transforms import THIN_SCAN_PADDING, RandContrastPhased, RandSlabd, anti_alias
 from models.finetune.config import FinetuneConfig, FinetuneDataConfig
 from models.finetune.labels import apply_label_map
@@ -207,12 +208,10 @@ def contrast_offsets(cfg: FinetuneDataConfig, organ_names: dict[int, str]) -> di
     finds ``right kidney``; organs it does not name are not enhanced.
     """
 
-    def norm(name: str) -> str:
-        return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
-
-    hu = {norm(k): v for k, v in cfg.contrast_hu.items()}
+    hu = {normalise_organ_name(k): v for k, v in cfg.contrast_hu.items()}
     width = cfg.hu_max - cfg.hu_min
-    return {i: hu[norm(n)] / width for i, n in organ_names.items() if norm(n) in hu and hu[norm(n)] > 0}
+    rises = {i: hu.get(normalise_organ_name(n), 0.0) for i, n in organ_names.items()}
+    return {i: rise / width for i, rise in rises.items() if rise > 0}
 
 
 def train_transforms(cfg: FinetuneDataConfig, offsets: dict[int, float] | None = None) -> Compose:

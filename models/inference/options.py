@@ -8,10 +8,9 @@ shown on trained models.
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.data.labels import normalise_organ_name
 from models.modeldir import ModelSpec
 
 FAST_SPACING_FACTOR = 2.0
@@ -37,11 +36,6 @@ class SegmentOptions(BaseModel):
     crop_margin_mm: float = Field(20.0, ge=0.0, description="margin around the organs' region when cropping")
 
 
-def _normalise(name: str) -> str:
-    """Case, spaces, underscores and hyphens do not matter: 'Right_Kidney' == 'right kidney'."""
-    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
-
-
 def resolve_organs(spec: ModelSpec, organs: tuple[str, ...] | list[str] | None) -> list[int]:
     """Label ids for ``organs`` (names or numeric ids); all organs when None.
 
@@ -51,11 +45,11 @@ def resolve_organs(spec: ModelSpec, organs: tuple[str, ...] | list[str] | None) 
     names = spec.organ_names
     if organs is None:
         return sorted(names)
-    by_name = {_normalise(n): i for i, n in names.items()}
+    by_name = {normalise_organ_name(n): i for i, n in names.items()}
     ids: list[int] = []
     unknown: list[str] = []
     for raw in organs:
-        key = _normalise(str(raw))
+        key = normalise_organ_name(str(raw))
         if not key:
             continue
         if key in by_name:
