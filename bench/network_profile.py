@@ -1,20 +1,34 @@
-"""Where one sliding window's forward pass spends its time on the CPU (torch.profiler), as JSON.
+"""How fast one sliding-window batch goes through the network on the CPU, and where the time goes, as JSON.
 
-The network is the cpu-demo segmentation model's shape (SwinUNETR, feature size 12, 14 outputs, one 64³
-window, SDPA attention, inference mode, random weights: the op mix does not depend on them). Operator
-self-times are summed into a few groups, as shares of the total.
+The network is the cpu-demo segmentation model's shape (SwinUNETR, feature size 12, 14 outputs, 64³
+windows, inference mode, random weights: the op mix does not depend on them). Three attention routes on
+the same weights and input, timed in the same run (median of ``--repeats`` forward passes each):
 
-    python bench/network_profile.py [--threads 1] [--out bench/results/network_profile_cpu.json]
+- ``monai_default``: MONAI's default attention (the baseline recipe's),
+- ``monai_sdpa``: MONAI's SDPA path (``use_flash_attention=True``),
+- ``asa_cached``: ASA-CT's fast path, SDPA with the bias built once per window layout
+  (:mod:`models.inference.window_attention`), what ``asa segment`` runs.
+
+For ``asa_cached`` the operators' self-times (torch.profiler) are summed into a few groups, as shares.
+
+    python bench/network_profile.py [--threads 2] [--batch 2] [--repeats 5] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
+import sys
+import time
 from pathlib import Path
 
 import torch
 from jsonout import emit_json
 from monai.networks.nets import SwinUNETR
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.inference.window_attention import enable_fast_attention
 
 GROUPS = {  # exact operator names
     "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
@@ -28,29 +42,62 @@ GROUPS = {  # exact operator names
 }
 
 
-def main(threads: int) -> dict:
-    torch.set_num_threads(threads)
-    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, use_flash_attention=True).eval()
-    x = torch.rand(1, 1, 64, 64, 64)
+def _median_forward(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
     with torch.inference_mode():
-        net(x)  # warm-up
-        with torch.profiler.profile() as prof:
+        net(x)  # warm-up (and, for the cached route, the one-off bias build)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
             net(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _shares(net: torch.nn.Module, x: torch.Tensor) -> dict:
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        net(x)
     events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
     total = sum(t for _, t in events)
     shares = {name: sum(t for k, t in events if k in names) / total for name, names in GROUPS.items()}
     shares["other"] = 1.0 - sum(shares.values())
     return {
-        "threads": threads,
-        "forward_s": total / 1e6,
         "shares": {k: round(v, 3) for k, v in shares.items()},
         "top_ops": [{"op": k, "share": round(t / total, 3)} for k, t in sorted(events, key=lambda e: -e[1])[:10]],
     }
 
 
+def main(threads: int, batch: int, repeats: int) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    monai_sdpa = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, use_flash_attention=True).eval()
+    monai_default = copy.deepcopy(monai_sdpa)
+    enable_fast_attention(monai_default, False)
+    asa = copy.deepcopy(monai_sdpa)
+    enable_fast_attention(asa, True)
+    x = torch.rand(batch, 1, 64, 64, 64)
+    times = {
+        name: _median_forward(net, x, repeats)
+        for name, net in (("monai_default", monai_default), ("monai_sdpa", monai_sdpa), ("asa_cached", asa))
+    }
+    with torch.inference_mode():
+        max_diff = float((asa(x) - monai_sdpa(x)).abs().max())
+    return {
+        "threads": threads,
+        "batch": batch,
+        "repeats": repeats,
+        "forward_s": {k: round(v, 4) for k, v in times.items()},
+        "speedup_vs_monai_sdpa": round(times["monai_sdpa"] / times["asa_cached"], 3),
+        "speedup_vs_monai_default": round(times["monai_default"] / times["asa_cached"], 3),
+        "max_abs_diff_vs_monai_sdpa": max_diff,
+        "asa_cached_profile": _shares(asa, x),
+    }
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="windows per forward pass (asa segment's CPU batch)")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    emit_json(main(args.threads), args.out)
+    emit_json(main(args.threads, args.batch, args.repeats), args.out)

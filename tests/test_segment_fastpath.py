@@ -1,4 +1,4 @@
-"""The fast path (SDPA attention) is on by default: its masks must agree with MONAI's fp32 attention.
+"""The fast path (SDPA attention, cached window bias) is on by default: masks agree with MONAI's fp32 attention.
 
 bf16 autocast is opt-in: on this worst case (a near-tie random model) its masks agree at Dice ~0.987,
 below the product's 0.99 bar, so it is only checked not to break the masks (>= 0.97) here.

@@ -1,7 +1,8 @@
 """What one segmentation run may change, independent of the model: a pydantic model the REST API can reuse.
 
 Defaults follow the Swin UNETR evaluation protocol (sliding window, overlap 0.5, gaussian blending); the
-fast path (MONAI's scaled-dot-product attention, fp32) is on because its masks agree with plain fp32
+fast path (scaled-dot-product attention with the window bias cached, fp32,
+:mod:`models.inference.window_attention`) is on because its masks agree with plain fp32
 (``tests/test_segment_fastpath.py`` checks Dice >= 0.99); bf16 autocast is opt-in until its agreement is
 shown on trained models.
 """
@@ -30,7 +31,7 @@ class SegmentOptions(BaseModel):
         None, description="only these labels (names or ids) in the outputs; the scan is cropped to their region"
     )
     tta: bool = Field(False, description="test-time mirroring: identity + a flip on each of the 3 axes, averaged")
-    fast_path: bool = Field(True, description="SDPA attention (MONAI's default attention if off)")
+    fast_path: bool = Field(True, description="SDPA attention, bias cached (MONAI's default attention if off)")
     bf16: bool = Field(False, description="bf16 autocast on top (faster on recent CPUs and GPUs, less exact)")
     sw_batch_size: int | None = Field(None, ge=1, description="windows per network pass; None: from free memory")
     crop_margin_mm: float = Field(20.0, ge=0.0, description="margin around the organs' region when cropping")

@@ -16,20 +16,10 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from models.data.transforms import THIN_SCAN_PADDING
+from models.inference.window_attention import enable_fast_attention
 
 # identity + one mirror per spatial axis of a (B, C, X, Y, Z) tensor; nnU-Net's 8 combinations cost 2x more
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
-
-
-def set_fast_attention(network: nn.Module, enabled: bool) -> None:
-    """Switch MONAI SwinUNETR's SDPA attention (it only takes effect with gradients off).
-
-    The flag lives on every ``WindowAttention``; models built from a spec have it off, so the fp32
-    reference path is MONAI's default attention.
-    """
-    for module in network.modules():
-        if hasattr(module, "use_flash_attention"):
-            module.use_flash_attention = enabled
 
 
 @contextlib.contextmanager
@@ -54,11 +44,12 @@ def predict_probabilities(
     """(1, X, Y, Z) preprocessed volume -> (C, X, Y, Z) float32 class probabilities on the CPU.
 
     Logits are blended with gaussian weights (the Swin UNETR protocol), then softmaxed. With ``tta`` the
-    softmax of each mirrored pass is mirrored back and averaged. Gradients are off, so MONAI's SDPA
-    attention applies when ``fast_path`` switches it on; ``bf16`` adds bf16 autocast (opt-in: on a
+    softmax of each mirrored pass is mirrored back and averaged. Gradients are off, so SDPA attention with
+    a cached bias (:mod:`models.inference.window_attention`) applies when ``fast_path`` switches it on
+    (MONAI's default attention otherwise); ``bf16`` adds bf16 autocast (opt-in: on a
     near-tie random model its masks agree with fp32 at Dice ~0.987 only, see tests/test_segment_fastpath.py).
     """
-    set_fast_attention(network, fast_path)
+    enable_fast_attention(network, fast_path)
     inferer = SlidingWindowInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,

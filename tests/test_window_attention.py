@@ -1,0 +1,90 @@
+"""The cached-bias window attention gives MONAI's outputs, follows new weights and leaves training alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR, swin_unetr
+
+from models.inference.window_attention import CachedBiasWindowAttention, enable_fast_attention
+
+ROI = (64, 32, 32)  # stage 1: 32 x 16 x 16 tokens in 5 x 3 x 3 shifted windows of 7³ (masks and padding exercised)
+
+
+def _pair(seed: int = 0) -> tuple[SwinUNETR, SwinUNETR]:
+    torch.manual_seed(seed)
+    reference = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, use_flash_attention=True).eval()
+    for module in reference.modules():  # random relative-position biases (MONAI starts them near zero)
+        if isinstance(module, swin_unetr.WindowAttention):
+            torch.nn.init.normal_(module.relative_position_bias_table, std=1.0)
+    fast = copy.deepcopy(reference)
+    enable_fast_attention(fast, True)
+    return reference, fast
+
+
+def _attention_modules(net: torch.nn.Module) -> list[swin_unetr.WindowAttention]:
+    return [m for m in net.modules() if isinstance(m, swin_unetr.WindowAttention)]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_outputs_match_monai_sdpa_and_default_attention(batch: int) -> None:
+    reference, fast = _pair()
+    x = torch.rand(batch, 1, *ROI)
+    with torch.inference_mode():
+        want = reference(x)
+        got = fast(x)
+        again = fast(x)  # second call: served from the cache
+        enable_fast_attention(reference, False)  # MONAI's default attention (reference stays MONAI's class)
+        default = reference(x)
+    assert all(isinstance(m, CachedBiasWindowAttention) for m in _attention_modules(fast))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+    torch.testing.assert_close(got, default, rtol=1e-4, atol=1e-4)
+
+
+def test_batches_of_different_sizes_share_one_bias_per_layout() -> None:
+    _, fast = _pair()
+    with torch.inference_mode():
+        fast(torch.rand(2, 1, *ROI))
+        fast(torch.rand(1, 1, *ROI))  # a sliding window's last, smaller batch
+    sizes = [len(m._bias_cache) for m in _attention_modules(fast)]
+    assert max(sizes) == 1, sizes  # keyed by layout, not by batch size
+
+
+def test_new_weights_rebuild_the_bias() -> None:
+    _, fast = _pair(seed=0)
+    other, _ = _pair(seed=1)
+    x = torch.rand(1, 1, *ROI)
+    with torch.inference_mode():
+        fast(x)  # fills the cache with seed 0's bias
+    fast.load_state_dict(other.state_dict())  # copy_ bumps the tables' version counters
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), other(x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_runs_monai_code_and_backpropagates_after_inference() -> None:
+    reference, fast = _pair()
+    x = torch.rand(1, 1, *ROI)
+    with torch.inference_mode():
+        fast(x)  # cached masks and biases now exist
+    fast.train()
+    reference.train()
+    loss_fast = fast(x).square().mean()
+    loss_ref = reference(x).square().mean()
+    loss_fast.backward()
+    loss_ref.backward()
+    torch.testing.assert_close(loss_fast, loss_ref)
+    table = _attention_modules(fast)[0].relative_position_bias_table
+    torch.testing.assert_close(table.grad, _attention_modules(reference)[0].relative_position_bias_table.grad)
+
+
+def test_disabling_restores_monai_default_attention() -> None:
+    reference, fast = _pair()
+    enable_fast_attention(fast, False)
+    assert not any(m.use_flash_attention for m in _attention_modules(fast))
+    enable_fast_attention(reference, False)
+    x = torch.rand(1, 1, *ROI)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), reference(x), rtol=0, atol=0)
