@@ -229,6 +229,9 @@ def test_window_batch_from_memory(monkeypatch) -> None:
     assert small.sw_batch_size == 1 and small.window_bytes == window_bytes((96, 96, 96), 48)
     assert choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu, requested=3).sw_batch_size == 3
     assert choose_batch((96,) * 3, 48, 14, (300, 300, 200), cpu, tta=True).output_bytes == 2 * small.output_bytes
+    monkeypatch.setattr(memory, "free_memory", lambda device: 12 * 2**30)  # 2 windows fit, not beside 4 GiB more
+    assert choose_batch((96,) * 3, 48, 14, (300, 300, 200), cpu).sw_batch_size == 2
+    assert choose_batch((96,) * 3, 48, 14, (300, 300, 200), cpu, reserved=4 * 2**30).sw_batch_size == 1
 
 
 def test_written_files(phantom, tmp_path: Path) -> None:

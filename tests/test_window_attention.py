@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR, swin_unetr
 
-from models.inference.window_attention import CachedBiasWindowAttention, enable_fast_attention
+from models.inference.window_attention import CachedBiasWindowAttention, enable_fast_attention, window_bias_bytes
 
 ROI = (64, 32, 32)  # stage 1: 32 x 16 x 16 tokens in 5 x 3 x 3 shifted windows of 7³ (masks and padding exercised)
 
@@ -88,3 +88,12 @@ def test_disabling_restores_monai_default_attention() -> None:
     x = torch.rand(1, 1, *ROI)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), reference(x), rtol=0, atol=0)
+
+
+def test_cache_size_is_what_the_memory_estimate_reserves() -> None:
+    _, fast = _pair()
+    with torch.inference_mode():
+        fast(torch.rand(2, 1, *ROI))
+    cached = sum(entry[2].nbytes for m in _attention_modules(fast) for entry in m._bias_cache.values())
+    assert cached == window_bias_bytes(ROI)
+    assert 250e6 < window_bias_bytes((64, 64, 64)) < 350e6  # the cpu-demo model: the figure the docs quote

@@ -8,8 +8,9 @@ matrices dominate at small feature sizes (the head counts do not shrink with the
 
     bytes per window  ~= roi voxels * (1600 + 16 * feature_size)      (fp32; bf16 + SDPA needs ~25 % less)
 
-The sliding-window output (one float32 logit volume per class at model resolution, twice with TTA) is
-set aside first, then half of what remains is given to windows. CPU batches stop at 2 (measured: batch 4
+The sliding-window output (one float32 logit volume per class at model resolution, twice with TTA) and
+the fast path's cached attention biases (``reserved``, a constant of the model and roi) are set aside
+first, then half of what remains is given to windows. CPU batches stop at 2 (measured: batch 4
 is no faster than 2 on two cores and needs twice the memory); GPU batches at 8.
 """
 
@@ -60,20 +61,25 @@ def choose_batch(
     device: torch.device,
     tta: bool = False,
     requested: int | None = None,
+    reserved: int = 0,
 ) -> BatchChoice:
     """Window batch size (>= 1) and whether the logit volume fits on ``device`` beside the windows.
 
-    ``requested`` overrides the estimate (it is still reported). On a GPU the per-class logit volume is
-    accumulated on the device when it fits, else in host memory (MONAI's ``device`` argument).
+    ``requested`` overrides the estimate (it is still reported). ``reserved``: bytes the model holds
+    besides its weights (:func:`models.inference.window_attention.window_bias_bytes` on the fast path;
+    set aside even when a previous scan already allocated them, which errs on the safe side). On a GPU
+    the per-class logit volume is accumulated on the device when it fits, else in host memory (MONAI's
+    ``device`` argument).
     """
     free = free_memory(device)
     per_window = window_bytes(roi, feature_size)
     output = out_channels * math.prod(volume_shape) * 4 * (2 if tta else 1)
     aggregate_on_device = True
-    budget = USABLE_FRACTION * free - output
+    usable = USABLE_FRACTION * max(0, free - reserved)
+    budget = usable - output
     if device.type == "cuda" and budget < per_window:
         aggregate_on_device = False  # keep the logits in RAM; the GPU only holds windows
-        budget = USABLE_FRACTION * free
+        budget = usable
     cap = GPU_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
     batch = requested if requested is not None else max(1, min(cap, int(budget // per_window)))
     return BatchChoice(

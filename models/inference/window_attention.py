@@ -17,6 +17,7 @@ Only the no-gradient SDPA path changes: with gradients on (training) or ``use_fl
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,32 @@ class CachedBiasWindowAttention(swin_unetr.WindowAttention):
         bias = bias.to(dtype).contiguous()
         cache[key] = (mask, version, bias)
         return bias
+
+
+def window_bias_bytes(
+    roi: tuple[int, ...],
+    num_heads: tuple[int, ...] = (3, 6, 12, 24),
+    depths: tuple[int, ...] = (2, 2, 2, 2),
+    window: int = 7,
+) -> int:
+    """Bytes the cached float32 biases of a SwinUNETR hold for ``roi`` windows (see the module docstring).
+
+    Stage ``i`` sees ``roi / 2**(i + 1)`` tokens per axis in windows of ``window`` (smaller where the
+    stage is smaller, and then unshifted, as MONAI's ``get_window_size``). Every other block is shifted;
+    its bias has one (heads, n, n) slice per window, an unshifted block's a single one. For the
+    cpu-demo model (roi 64) this is ~300 MB, for roi 96 ~700 MB: a constant of the model, where MONAI
+    builds the shifted part anew, and once per window of the batch, on every call.
+    """
+    total = 0
+    for stage, (heads, depth) in enumerate(zip(num_heads, depths, strict=True)):
+        tokens = [r // 2 ** (stage + 1) for r in roi]
+        sizes = [min(window, t) for t in tokens]
+        shifted = any(t > window for t in tokens)
+        n = math.prod(sizes)
+        windows = math.prod(-(-t // w) for t, w in zip(tokens, sizes, strict=True))
+        for block in range(depth):
+            total += (windows if shifted and block % 2 else 1) * heads * n * n * 4
+    return total
 
 
 def enable_fast_attention(network: nn.Module, enabled: bool) -> None:
