@@ -28,7 +28,7 @@ from models.inference import Segmenter, SegmentOptions, write_outputs
 from models.inference.memory import CPU_MAX_BATCH, choose_batch, window_bytes
 from models.inference.options import resolve_organs
 from models.inference.resample import resample_labels, resample_labels_interpolated
-from models.inference.stats import organ_stats, stats_csv
+from models.inference.stats import label_boxes, organ_stats, stats_csv
 from models.io.reader import load_ct
 
 THRESHOLDS = (0.5, 150.5)  # between integer HU values: no ties
@@ -132,6 +132,17 @@ def test_unknown_organ_is_named() -> None:
         resolve_organs(spec, ("livr",))
     with pytest.raises(ValueError, match="livr"):
         Segmenter(ThresholdNet(THRESHOLDS), spec, options=SegmentOptions(organs=("livr",)))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_label_boxes_are_find_objects_in_either_memory_layout(order: str) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((30, 20, 10), dtype=np.uint8)
+    labels[3:17, 5:9, 2:8] = rng.integers(0, 4, (14, 4, 6))
+    labels[20, 1, 9] = 6  # label 5 absent, 6 a single voxel
+    want = ndimage.find_objects(np.ascontiguousarray(labels))
+    got = label_boxes(np.asarray(labels, order=order))
+    assert got == want and got[4] is None and got[5] == (slice(20, 21), slice(1, 2), slice(9, 10))
 
 
 def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:

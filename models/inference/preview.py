@@ -17,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # the backend is chosen before pyplot is imported
 import numpy as np
 from matplotlib.patches import Patch
-from scipy import ndimage
 
+from models.inference.stats import label_boxes
 from models.modeldir import LabelInfo
 
 WINDOW_LEVEL = (400.0, 40.0)
@@ -74,7 +74,7 @@ def save_preview(
         else:
             ax.text(0.01, 0.5, "A", color="yellow", transform=ax.transAxes, fontsize=12, va="center")
             ax.text(0.99, 0.5, "P", color="yellow", transform=ax.transAxes, fontsize=12, va="center", ha="right")
-    present = {i + 1 for i, box in enumerate(ndimage.find_objects(labels)) if box is not None}  # no int64 copy
+    present = {i + 1 for i, box in enumerate(label_boxes(labels)) if box is not None}  # no int64 copy
     handles = [Patch(facecolor=np.asarray(info.color) / 255.0, label=f"{i} {info.name}")
                for i, info in label_info.items() if i and i in present]
     if handles:

@@ -30,6 +30,20 @@ def coordinate_system(ct: CTImage) -> str:
     return "LPS" if ct.meta.get("format") in LPS_FORMATS else "RAS"
 
 
+def label_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+    """``ndimage.find_objects`` (box of label ``i`` at ``[i - 1]``, None where absent), read in memory order.
+
+    ``find_objects`` walks the array in C order; on a Fortran-ordered map (NIfTI's layout, which the
+    reader keeps) that is a strided walk, 13x slower on 512 x 512 x 300 (3.6 against 0.27 s). The
+    transpose of a Fortran array is a C-ordered view, so it is scanned instead and the boxes reversed.
+    """
+    if not labels.size:
+        return []
+    if labels.flags.f_contiguous and not labels.flags.c_contiguous:
+        return [None if box is None else box[::-1] for box in ndimage.find_objects(labels.T)]
+    return ndimage.find_objects(labels)
+
+
 def organ_stats(labels: np.ndarray, ct: CTImage, names: dict[int, str]) -> dict[str, Any]:
     """Measure every organ in ``names`` (id -> name) on ``labels`` (uint8, on ``ct.array``'s grid).
 
@@ -42,7 +56,7 @@ def organ_stats(labels: np.ndarray, ct: CTImage, names: dict[int, str]) -> dict[
     system = coordinate_system(ct)
     voxel_ml = abs(float(np.linalg.det(ct.affine[:3, :3]))) / 1000.0
     can_to_src = np.linalg.solve(ct.source.affine, ct.affine)
-    boxes = ndimage.find_objects(labels) if labels.size else []  # one pass, no copy of the uint8 map
+    boxes = label_boxes(labels)  # one pass, no copy of the uint8 map
     organs = []
     for organ_id, name in sorted(names.items()):
         box = boxes[organ_id - 1] if 0 < organ_id <= len(boxes) else None
