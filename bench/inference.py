@@ -17,6 +17,7 @@ The model is ``--model RUN`` or, by default, a feature-size-12 BTCV-layout Swin 
 (speed and memory do not depend on the weights; agreement is stricter on a trained model).
 
     python bench/inference.py [--model RUN] [--repeats 3] [--out bench/results/inference_cpu.json]
+    python bench/inference.py --device cuda --feature-size 48 --no-bf16 --out bench/results/inference_gpu.json
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ sys.path.insert(0, str(REPO))
 
 
 # -- the baseline pipeline (runs in its own process) ----------------------------------------------
-def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float, blur: bool = False) -> dict[str, float]:
+def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float, blur: bool = False,
+                 device: str = "cpu") -> dict[str, float]:  # fmt: skip
     """MONAI's BTCV recipe, as documented: inverse transforms on the probabilities, then argmax.
 
     ``blur``: add ASA-CT's anti-aliasing blur before ``Spacingd`` (as an exported bundle does), so that the
@@ -65,7 +67,7 @@ def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float, blur: b
     from models.data.transforms import anti_alias
     from models.modeldir import load_model
 
-    network, spec = load_model(model_dir, map_location="cpu")
+    network, spec = load_model(model_dir, map_location=device)
     network.eval()
     prep = spec.preprocessing
     pre = Compose([
@@ -89,7 +91,8 @@ def run_baseline(scan: Path, model_dir: Path, out: Path, overlap: float, blur: b
     times["load_preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        batch["pred"] = sliding_window_inference(batch["image"], prep.roi, 4, network, overlap=overlap, mode="gaussian")
+        image = batch["image"].to(device)
+        batch["pred"] = sliding_window_inference(image, prep.roi, 4, network, overlap=overlap, mode="gaussian").cpu()
     times["network"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for item in decollate_batch(batch):
@@ -133,40 +136,41 @@ def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj).squeeze(), img.affine
 
 
-def default_model(workdir: Path) -> Path:
-    """A feature-size-12 Swin UNETR with the 14 BTCV labels at the BTCV spacing (1.5 x 1.5 x 2 mm, roi 96)."""
+def default_model(workdir: Path, feature_size: int = 12) -> Path:
+    """A Swin UNETR with random weights and the 14 BTCV labels at the BTCV spacing (1.5 x 1.5 x 2 mm, roi 96)."""
     import torch
 
     from models.modeldir import ModelSpec, SegNetwork, btcv_labels, build_segmentation_network, save_model
 
-    spec = ModelSpec(labels=btcv_labels(), network=SegNetwork(feature_size=12))
+    spec = ModelSpec(labels=btcv_labels(), network=SegNetwork(feature_size=feature_size))
     torch.manual_seed(0)
-    return save_model(workdir / "model-random-fs12", build_segmentation_network(spec), spec)
+    return save_model(workdir / f"model-random-fs{feature_size}", build_segmentation_network(spec), spec)
 
 
 def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
-            with_fast: bool, with_bf16: bool = True, baseline_blur: bool = False) -> dict[str, Any]:  # fmt: skip
+            with_fast: bool, with_bf16: bool = True, baseline_blur: bool = False,
+            device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     asa = str(REPO / ".venv" / "bin" / "asa") if (REPO / ".venv" / "bin" / "asa").exists() else "asa"
     runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": []}
     for r in range(repeats):
         out_asa, out_base, out_bf16, out_fast = (workdir / case / f"{k}{r}" for k in runs)
         res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_asa),
-                         "--overlap", str(overlap)], env)  # fmt: skip
+                         "--overlap", str(overlap), "--device", device], env)  # fmt: skip
         report = json.loads(next(out_asa.rglob("report.json")).read_text())
         res["stages_s"] = report["timings_s"]
         runs["asa"].append(res)
         res = run_child([sys.executable, __file__, "--worker", "baseline", "--scan", str(scan), "--model", str(model),
-                         "--worker-out", str(out_base), "--overlap", str(overlap),
+                         "--worker-out", str(out_base), "--overlap", str(overlap), "--device", device,
                          *(["--baseline-blur"] if baseline_blur else [])], env)  # fmt: skip
         res["stages_s"] = json.loads(res["stdout"].strip().splitlines()[-1])
         runs["baseline"].append(res)
         if with_bf16:
             res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_bf16), "--bf16",
-                             "--overlap", str(overlap)], env)  # fmt: skip
+                             "--overlap", str(overlap), "--device", device], env)  # fmt: skip
             runs["bf16"].append(res)
         if with_fast:
             res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_fast), "--fast",
-                             "--overlap", str(overlap)], env)  # fmt: skip
+                             "--overlap", str(overlap), "--device", device], env)  # fmt: skip
             runs["fast"].append(res)
     ours, ours_affine = load_mask(next((workdir / case / "asa0").rglob("segmentation.nii.gz")))
     base, base_affine = load_mask(next((workdir / case / "baseline0").rglob("*_seg.nii*")))
@@ -210,7 +214,9 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="model directory (default: random-weight fs12 BTCV layout)")
+    parser.add_argument("--model", type=Path, help="model directory (default: random weights, BTCV layout)")
+    parser.add_argument("--feature-size", type=int, default=12, help="of the default model (48 on a GPU)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="for both pipelines")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--cases", default="real,large", help="real, large or both")
@@ -225,7 +231,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker == "baseline":
-        print(json.dumps(run_baseline(args.scan, args.model, args.worker_out, args.overlap, args.baseline_blur)))
+        print(json.dumps(run_baseline(args.scan, args.model, args.worker_out, args.overlap, args.baseline_blur,
+                                      args.device)))
         return
 
     import torch
@@ -236,7 +243,7 @@ def main() -> None:
     from large_ct import make_large_ct
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    model = args.model.resolve() if args.model else default_model(args.workdir)
+    model = args.model.resolve() if args.model else default_model(args.workdir, args.feature_size)
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     cases: dict[str, Path] = {}
     wanted = {c.strip() for c in args.cases.split(",")}
@@ -252,11 +259,12 @@ def main() -> None:
         "overlap": args.overlap,
         "repeats": args.repeats,
         "baseline_blur": args.baseline_blur,
+        "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cases": {name: compare(name, scan, model, args.workdir, args.repeats, args.overlap, env,
                                 with_fast=name.startswith("large"), with_bf16=not args.no_bf16,
-                                baseline_blur=args.baseline_blur)
+                                baseline_blur=args.baseline_blur, device=args.device)
                   for name, scan in cases.items()},
     }
     emit_json(results, args.out)
