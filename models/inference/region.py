@@ -28,11 +28,3 @@ def organ_box(
         pad = int(np.ceil(margin_mm / spacing[axis]))
         box.append(slice(max(0, int(hit[0]) - pad), min(labels.shape[axis], int(hit[-1]) + 1 + pad)))
     return (box[0], box[1], box[2])
-
-
-def crop_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
-    """Affine of ``array[box]``: the same axes, the origin moved to the box's first voxel."""
-    out = np.array(affine, dtype=np.float64, copy=True)
-    start = np.array([s.start or 0 for s in box], dtype=np.float64)
-    out[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
-    return out

@@ -33,12 +33,12 @@ from nibabel.orientations import apply_orientation
 from torch import nn
 
 import models
-from models.data.transforms import anti_alias_array
+from models.data.spacing import Box, crop_affine
 from models.inference.memory import choose_batch
 from models.inference.options import SegmentOptions, resolve_organs
 from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities
 from models.inference.preprocess import body_box, inference_spacing, network_input
-from models.inference.region import crop_affine, organ_box
+from models.inference.region import organ_box
 from models.inference.resample import resample_labels_interpolated
 from models.inference.stats import organ_stats
 from models.inference.window_attention import window_bias_bytes
@@ -217,39 +217,37 @@ class Segmenter:
         prep = self.spec.preprocessing
         if opts.organs is None or opts.fast:
             spacing = inference_spacing(prep, opts.fast)
-            return self._labels_on_grid(ct, ct.array, ct.affine, spacing, opts, timings, info)
-        coarse = self._labels_on_grid(ct, ct.array, ct.affine, inference_spacing(prep, True), opts, timings, info)
+            return self._labels_on_grid(ct, spacing, opts, timings, info)
+        coarse = self._labels_on_grid(ct, inference_spacing(prep, True), opts, timings, info)
         box = organ_box(coarse, organ_ids, ct.spacing, opts.crop_margin_mm)
         del coarse
         if box is None:
             warnings.append("the coarse pass found none of the requested organs: segmenting the whole scan")
-            return self._labels_on_grid(ct, ct.array, ct.affine, inference_spacing(prep, False), opts, timings, info)
+            return self._labels_on_grid(ct, inference_spacing(prep, False), opts, timings, info)
         info["crop"] = {"start": [s.start for s in box], "stop": [s.stop for s in box]}
-        fine = inference_spacing(prep, False)
-        t0 = time.perf_counter()
-        hu = anti_alias_array(ct.array, ct.spacing, fine)  # the whole scan, so the box's edges blur as in a full pass
-        timings["preprocess"] += time.perf_counter() - t0
         labels = np.zeros(ct.array.shape, dtype=np.uint8)
-        labels[box] = self._labels_on_grid(
-            ct, hu[box], crop_affine(ct.affine, box), fine, opts, timings, info, anti_aliased=True
-        )
+        labels[box] = self._labels_on_grid(ct, inference_spacing(prep, False), opts, timings, info, box=box)
         return labels
 
     def _labels_on_grid(
         self,
         ct: CTImage,
-        hu: np.ndarray,
-        affine: np.ndarray,
         spacing: tuple[float, float, float],
         opts: SegmentOptions,
         timings: dict[str, float],
         info: dict[str, Any],
-        anti_aliased: bool = False,
+        box: Box | None = None,
     ) -> np.ndarray:
-        """One network pass over ``hu`` (on ``affine``): preprocess, windows, argmax, back to ``hu``'s grid."""
+        """One network pass over ``ct.array[box]`` (default: all): preprocess, windows, argmax, back to its grid.
+
+        A box is blurred as part of the whole scan, so the fine pass over an organ box sees what a full
+        pass would (see :func:`models.data.transforms.preprocess`).
+        """
         prep = self.spec.preprocessing
+        grid_shape = tuple(s.stop - s.start for s in box) if box else ct.array.shape
+        grid_affine = crop_affine(ct.affine, box) if box else ct.affine
         t0 = time.perf_counter()
-        volume = network_input(hu, affine, ct.source, prep, spacing, anti_aliased=anti_aliased)
+        volume = network_input(ct.array, ct.affine, ct.source, prep, spacing, box=box)
         model_affine = np.asarray(volume.affine, dtype=np.float64)
         model_shape = tuple(int(s) for s in volume.shape[1:])
 
@@ -274,12 +272,12 @@ class Segmenter:
         timings["network"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        labels = resample_labels_interpolated(model_labels, probs, body, model_affine, hu.shape, affine)
+        labels = resample_labels_interpolated(model_labels, probs, body, model_affine, grid_shape, grid_affine)
         del probs
         timings["postprocess"] += time.perf_counter() - t0
         info["passes"].append({
             "spacing": list(spacing),
-            "input_shape": list(hu.shape),
+            "input_shape": list(grid_shape),
             "model_shape": list(model_shape),
             "body_box": [[s.start, s.stop] for s in body],
             "roi": list(prep.roi),

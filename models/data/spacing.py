@@ -1,0 +1,140 @@
+"""Blur and resample a CT to a spacing as one small matrix per axis: MONAI ``Spacing`` after our blur, fast.
+
+Why: on a 512 x 512 x 300 CT, the anti-aliasing blur at full resolution (scipy, one thread) followed by
+MONAI ``Spacing`` took 2.6 s, the largest cost outside the network for a small model. Both steps are
+separable when the two grids share their axes, as ``Spacing`` always makes them (it keeps the direction
+cosines and changes only the voxel size): along one axis, the gaussian (scipy's kernel, edges repeated)
+followed by linear interpolation (coordinates clamped to the border, as ``padding_mode="border"``) is one
+(n_out x n_in) matrix. The volume then goes through three matrix products, each one reading the data in
+memory order and shrinking it, 0.47 s at one thread for that CT, with the same values to float rounding
+(tests compare against scipy + MONAI). The output grid is MONAI's own (``zoom_affine`` and
+``compute_shape_offset``, as ``Spacing`` computes it). Grids that do not share their axes (a sheared
+affine) get ``None``, and the caller takes the scipy + MONAI route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data.utils import AFFINE_TOL, compute_shape_offset, zoom_affine
+
+AXIS_ALIGNED_TOL = 1e-6
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: the kernel's radius in sigmas
+
+Box = tuple[slice, slice, slice]
+
+
+def anti_alias_sigma(source: Sequence[float], target: Sequence[float]) -> tuple[float, ...]:
+    """Gaussian sigma per axis, in source voxels, for resampling from ``source`` to ``target`` spacing.
+
+    The rule of scikit-image's and MONAI ``Resize``'s anti-aliasing: ``(factor - 1) / 2`` where the grid
+    gets ``factor`` times coarser, nothing where it gets finer. Why it matters: bilinear resampling of a
+    1 mm scan to 3 mm reads 4 of every 27 voxels, so the 1 mm noise (std ~20 HU) reaches the network
+    almost undamped, while a scan acquired at 3 mm arrives averaged. Blurring first makes the two look
+    alike, as a model trained on either expects.
+    """
+    return tuple(max(0.0, (float(t) / float(s) - 1.0) / 2.0) for s, t in zip(source, target, strict=True))
+
+
+def crop_affine(affine: np.ndarray, box: Box) -> np.ndarray:
+    """Affine of ``array[box]``: the same axes, the origin moved to the box's first voxel."""
+    out = np.array(affine, dtype=np.float64, copy=True)
+    start = np.array([s.start or 0 for s in box], dtype=np.float64)
+    out[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return out
+
+
+def spacing_grid(
+    shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The grid MONAI ``Spacing(pixdim=spacing)`` puts a (``shape``, ``affine``) volume on: shape and affine.
+
+    As ``Spacing`` does, an axis whose spacing is within ``AFFINE_TOL`` of the target keeps its own.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    own = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    target = np.asarray(spacing, dtype=np.float64)
+    target = np.where(np.abs(own - target) <= AFFINE_TOL, own, target)
+    out_affine = zoom_affine(affine, target, diagonal=False)
+    out_shape, offset = compute_shape_offset(list(shape), affine, out_affine, False)
+    out_affine[:3, 3] = offset[:3]
+    return (int(out_shape[0]), int(out_shape[1]), int(out_shape[2])), out_affine
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """scipy's normalised, truncated gaussian (radius ``int(4 sigma + 0.5)``); ``[1]`` for no blur."""
+    if sigma <= 0.0:
+        return np.ones(1)
+    radius = int(GAUSSIAN_TRUNCATE * sigma + 0.5)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def axis_matrix(coords: np.ndarray, n_in: int, sigma: float, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """(len(coords), n_in) weights: the blur of a line, then its linear interpolation at ``coords``.
+
+    ``coords`` are source indices, clamped to [``lo``, ``hi``] (the border of the resampled box); the
+    blur's taps repeat the edge voxels of the whole line (scipy's ``mode="nearest"``). A tap that falls
+    on an interpolation neighbour of weight ``f`` contributes ``f`` times the kernel at its offset.
+    """
+    hi = n_in - 1 if hi is None else hi
+    coords = np.clip(np.asarray(coords, dtype=np.float64), lo, hi)
+    lower = np.floor(coords).astype(np.intp)
+    frac = coords - lower
+    kernel = np.concatenate([[0.0], gaussian_kernel(sigma), [0.0]])  # zero-padded: taps beyond the radius
+    radius = (len(kernel) - 3) // 2
+    out = np.zeros((len(coords), n_in))
+    rows = np.arange(len(coords))
+    for offset in range(-radius, radius + 2):  # the lower neighbour's taps, then one more for the upper's
+        weight = (1.0 - frac) * kernel[offset + radius + 1] + frac * kernel[offset + radius]
+        np.add.at(out, (rows, np.clip(lower + offset, 0, n_in - 1)), weight)
+    return out
+
+
+def resample_anti_aliased(
+    hu: np.ndarray, affine: np.ndarray, spacing: Sequence[float], box: Box | None = None, blur: bool = True
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(X, Y, Z) float32 ``hu[box]`` on ``affine``'s grid -> (values at ``spacing``, their affine), or None.
+
+    Equal (to float rounding) to ``Spacing(spacing, bilinear, border)`` applied to ``hu[box]`` after
+    :func:`anti_alias_sigma`'s blur of the *whole* ``hu`` (so the box's edges see their real neighbours).
+    ``blur=False``: interpolation only. None when the grids do not share their axes.
+    """
+    box = box or tuple(slice(0, n) for n in hu.shape)  # type: ignore[assignment]
+    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, hu.shape, strict=True))  # type: ignore[assignment]
+    src_affine = crop_affine(np.asarray(affine, dtype=np.float64), box)
+    out_shape, out_affine = spacing_grid([s.stop - s.start for s in box], src_affine, spacing)
+    to_source = np.linalg.solve(src_affine, out_affine)  # output voxel index -> box voxel index
+    linear = to_source[:3, :3]
+    if np.abs(linear - np.diag(np.diag(linear))).max() > AXIS_ALIGNED_TOL * np.abs(linear).max():
+        return None
+    source_spacing = np.sqrt((src_affine[:3, :3] ** 2).sum(axis=0))
+    sigma = anti_alias_sigma(source_spacing, spacing) if blur else (0.0, 0.0, 0.0)
+    matrices = [
+        torch.from_numpy(
+            axis_matrix(linear[a, a] * np.arange(out_shape[a]) + to_source[a, 3] + box[a].start, hu.shape[a],
+                        sigma[a], box[a].start, box[a].stop - 1).astype(np.float32)
+        )
+        for a in range(3)
+    ]  # fmt: skip
+    return _apply_separable(np.asarray(hu, dtype=np.float32), matrices), out_affine
+
+
+def _apply_separable(hu: np.ndarray, matrices: list[torch.Tensor]) -> np.ndarray:
+    """``hu`` multiplied by ``matrices[a]`` along each axis ``a``, every product on contiguous memory.
+
+    The volume is viewed in C order (a Fortran-ordered NIfTI array through its transpose, no copy) as
+    (P, Q, R); P is reduced by one product over flattened slabs, R by one over rows, Q by a batched one.
+    """
+    if hu.flags.f_contiguous and not hu.flags.c_contiguous:
+        data, axes = torch.from_numpy(hu.T), (2, 1, 0)
+    else:
+        data, axes = torch.from_numpy(np.ascontiguousarray(hu)), (0, 1, 2)
+    p, q, r = data.shape
+    w_p, w_q, w_r = (matrices[a] for a in axes)
+    out = (w_p @ data.reshape(p, q * r)).reshape(-1, q, r)
+    out = out @ w_r.T
+    out = w_q @ out
+    return out.numpy().transpose(np.argsort(axes))

@@ -1,0 +1,106 @@
+"""The separable blur + resample equals scipy's blur followed by MONAI ``Spacing`` (what it replaces)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Spacing
+from scipy import ndimage
+
+from models.config import DataConfig
+from models.data.spacing import anti_alias_sigma, crop_affine, resample_anti_aliased, spacing_grid
+from models.data.transforms import preprocess
+from models.io.reader import CTImage, SourceSpace
+
+Box = tuple[slice, slice, slice]
+
+
+def _reference(hu: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...], box: Box | None = None,
+               blur: bool = True) -> MetaTensor:  # fmt: skip
+    """The route this replaces: blur the whole volume (scipy, edges repeated), crop, MONAI Spacing."""
+    own = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    blurred = ndimage.gaussian_filter(hu, anti_alias_sigma(own, spacing), mode="nearest") if blur else hu
+    if box is not None:
+        blurred, affine = blurred[box], crop_affine(affine, box)
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(blurred))[None], affine=torch.from_numpy(affine))
+    return Spacing(pixdim=spacing, mode="bilinear", padding_mode="border")(image)
+
+
+def _rotation(degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    return np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+
+
+def _affine(zooms: tuple[float, float, float], rotation: np.ndarray | None = None) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = (np.eye(3) if rotation is None else rotation) @ np.diag(zooms)
+    out[:3, 3] = (-120.5, 33.0, 7.25)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("shape", "zooms", "spacing", "order"),
+    [
+        ((70, 64, 40), (0.7, 0.72, 1.1), (3.0, 3.0, 4.0), "F"),  # a clinical scan to the cpu-demo spacing
+        ((70, 64, 40), (0.7, 0.72, 1.1), (1.5, 1.5, 2.0), "C"),  # the BTCV spacing, C-ordered input
+        ((30, 33, 12), (3.0, 3.0, 5.0), (1.5, 1.5, 4.0), "F"),  # finer in-plane, coarser slices: mixed
+        ((40, 41, 20), (1.5, 1.5, 2.0), (1.5, 1.5, 2.0), "F"),  # the model's own spacing: identity
+        ((40, 41, 20), (1.5004, 1.5, 2.0), (1.5, 1.5, 2.0005), "F"),  # within MONAI's tolerance: kept
+    ],
+)
+def test_equals_scipy_blur_then_monai_spacing(shape, zooms, spacing, order) -> None:
+    rng = np.random.default_rng(0)
+    hu = np.asarray(rng.normal(40.0, 300.0, shape).astype(np.float32), order=order)
+    affine = _affine(zooms)
+    values, out_affine = resample_anti_aliased(hu, affine, spacing)
+    reference = _reference(hu, affine, spacing)
+    assert values.shape == tuple(reference.shape[1:])
+    np.testing.assert_allclose(out_affine, reference.affine.numpy(), atol=1e-9)
+    np.testing.assert_allclose(values, reference[0].numpy(), atol=2e-3, rtol=0)  # HU: float32 rounding only
+
+
+def test_rotated_grids_share_their_axes_with_their_resampled_grid() -> None:
+    """An oblique scan's direction cosines survive Spacing, so the separable route still applies."""
+    rng = np.random.default_rng(1)
+    hu = rng.normal(0.0, 200.0, (50, 45, 20)).astype(np.float32)
+    affine = _affine((0.8, 0.8, 2.5), _rotation(17.0))
+    values, _ = resample_anti_aliased(hu, affine, (2.0, 2.0, 3.0))
+    np.testing.assert_allclose(values, _reference(hu, affine, (2.0, 2.0, 3.0))[0].numpy(), atol=2e-3, rtol=0)
+
+
+def test_a_box_is_blurred_with_its_neighbours_outside_it() -> None:
+    rng = np.random.default_rng(2)
+    hu = np.asarray(rng.normal(40.0, 300.0, (80, 70, 40)).astype(np.float32), order="F")
+    affine, spacing = _affine((0.7, 0.7, 1.2)), (3.0, 3.0, 4.0)
+    box = (slice(13, 61), slice(0, 39), slice(7, 40))
+    values, out_affine = resample_anti_aliased(hu, affine, spacing, box=box)
+    reference = _reference(hu, affine, spacing, box=box)
+    np.testing.assert_allclose(out_affine, reference.affine.numpy(), atol=1e-9)
+    np.testing.assert_allclose(values, reference[0].numpy(), atol=2e-3, rtol=0)
+    unblurred, _ = resample_anti_aliased(hu, affine, spacing, box=box, blur=False)
+    np.testing.assert_allclose(unblurred, _reference(hu, affine, spacing, box, blur=False)[0].numpy(), atol=2e-3)
+
+
+def test_a_sheared_grid_is_refused_and_preprocess_falls_back_to_monai() -> None:
+    rng = np.random.default_rng(3)
+    hu = rng.normal(40.0, 100.0, (30, 30, 12)).astype(np.float32)
+    affine = _affine((1.0, 1.0, 2.0))
+    affine[0, 2] = 0.6  # gantry tilt: the slice axis leans, the grid is not orthogonal
+    assert resample_anti_aliased(hu, affine, (2.0, 2.0, 3.0)) is None
+    source = SourceSpace(hu.shape, affine, np.array([[0, 1], [1, 1], [2, 1]]), "RAS")
+    ct = CTImage(array=hu, affine=affine, source=source)
+    cfg = DataConfig(spacing=(2.0, 2.0, 3.0), hu_min=-175.0, hu_max=250.0)
+    out = preprocess(ct, cfg)
+    expected = np.clip((_reference(hu, affine, (2.0, 2.0, 3.0))[0].numpy() + 175.0) / 425.0, 0.0, 1.0)
+    np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
+
+
+def test_the_grid_is_monai_spacing_s_grid() -> None:
+    affine = _affine((0.7, 0.72, 1.1), _rotation(-30.0))
+    shape, out_affine = spacing_grid((99, 87, 51), affine, (3.0, 3.0, 4.0))
+    image = MetaTensor(torch.zeros((1, 99, 87, 51)), affine=torch.from_numpy(affine))
+    reference = Spacing(pixdim=(3.0, 3.0, 4.0), lazy=True)(image)
+    assert shape == tuple(int(s) for s in reference.peek_pending_shape())
+    np.testing.assert_allclose(out_affine, reference.peek_pending_affine().numpy(), atol=1e-9)
