@@ -107,6 +107,34 @@ def test_corrupt_nifti_names_file(tmp_path: Path) -> None:
         load_ct(bad)
 
 
+def test_truncated_nifti_gz_names_file(tmp_path: Path) -> None:
+    """A download cut short: the header is readable, the voxel data ends early."""
+    full = tmp_path / "full.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).integers(-1000, 1000, (64, 64, 40), dtype=np.int16),
+                             np.eye(4)), str(full))  # fmt: skip
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(CTReadError, match=r"cut\.nii\.gz"):
+        load_ct(cut)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(("slope", "inter"), [(np.nan, np.nan), (0.0, 5.0), (2.0, -1024.0), (0.5, 0.0)])
+def test_nifti_scaling_as_nibabel_defines_it(tmp_path: Path, suffix: str, slope: float, inter: float) -> None:
+    """Stored values times scl_slope plus scl_inter; a slope of 0 or NaN means 'not scaled' (NIfTI standard)."""
+    img = nib.Nifti1Image(np.arange(-12, 12, dtype=np.int16).reshape(2, 3, 4), np.diag([-1.0, 2.0, 3.0, 1.0]))
+    img.header["scl_slope"], img.header["scl_inter"] = slope, inter
+    nib.save(img, str(tmp_path / f"s{suffix}"))
+    expected = nib.load(str(tmp_path / f"s{suffix}")).get_fdata(dtype=np.float32)[::-1]  # L -> R
+    np.testing.assert_array_equal(load_ct(tmp_path / f"s{suffix}").array, expected)
+
+
+def test_nifti2_gz(tmp_path: Path) -> None:
+    vol = _volume()
+    nib.save(nib.Nifti2Image(vol, np.eye(4)), str(tmp_path / "two.nii.gz"))
+    np.testing.assert_array_equal(load_ct(tmp_path / "two.nii.gz").array, vol)
+
+
 @pytest.mark.parametrize("space", ["right-anterior-superior", "left-posterior-superior"])
 @pytest.mark.parametrize("name", ["LPS", "oblique"])
 def test_nrrd_roundtrip(tmp_path: Path, space: str, name: str) -> None:
