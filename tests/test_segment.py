@@ -27,6 +27,7 @@ from segment_helpers import (
 from models.inference import Segmenter, SegmentOptions, write_outputs
 from models.inference.memory import CPU_MAX_BATCH, choose_batch, window_bytes
 from models.inference.options import resolve_organs
+from models.inference.preview import save_preview
 from models.inference.resample import resample_labels, resample_labels_interpolated
 from models.inference.stats import label_boxes, organ_stats, stats_csv
 from models.io.reader import load_ct
@@ -270,6 +271,11 @@ def test_written_files(phantom, tmp_path: Path) -> None:
     stats = json.loads((out / "stats.json").read_text())
     assert stats["organs"][1]["voxels"] == int((result.labels == 2).sum())
     assert (out / "preview.png").read_bytes()[:4] == b"\x89PNG"
+    # the legend's organs come from the statistics: the same picture as finding them in the map again
+    ct = result.ct
+    save_preview(ct.array, result.canonical_labels(), ct.spacing, result.label_info, tmp_path / "again.png",
+                 title=f"scan.nii.gz  (LPS {'x'.join(map(str, ct.source.shape))})")  # fmt: skip
+    assert (tmp_path / "again.png").read_bytes() == (out / "preview.png").read_bytes()
 
 
 def test_device_errors_are_named() -> None:

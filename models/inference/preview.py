@@ -9,6 +9,7 @@ organ that was found, with its colour.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import matplotlib
@@ -47,8 +48,13 @@ def save_preview(
     label_info: dict[int, LabelInfo],
     path: Path,
     title: str = "",
+    present: Collection[int] | None = None,
 ) -> Path:
-    """Write the three-plane PNG of canonical (RAS) ``hu`` and ``labels`` to ``path``."""
+    """Write the three-plane PNG of canonical (RAS) ``hu`` and ``labels`` to ``path``.
+
+    ``present``: the label ids found, for the legend, when the caller knows them (the statistics do):
+    finding them again is a pass over the whole map, 0.35 s on 512 x 512 x 300.
+    """
     fg = labels > 0
     centre = np.array([(s - 1) / 2 for s in labels.shape])
     if fg.any():
@@ -74,7 +80,8 @@ def save_preview(
         else:
             ax.text(0.01, 0.5, "A", color="yellow", transform=ax.transAxes, fontsize=12, va="center")
             ax.text(0.99, 0.5, "P", color="yellow", transform=ax.transAxes, fontsize=12, va="center", ha="right")
-    present = {i + 1 for i, box in enumerate(label_boxes(labels)) if box is not None}  # no int64 copy
+    if present is None:
+        present = {i + 1 for i, box in enumerate(label_boxes(labels)) if box is not None}  # no int64 copy
     handles = [Patch(facecolor=np.asarray(info.color) / 255.0, label=f"{i} {info.name}")
                for i, info in label_info.items() if i and i in present]
     if handles:
