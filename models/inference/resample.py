@@ -84,9 +84,10 @@ def resample_labels_interpolated(
     MONAI's inverse crop pads zeros).
 
     Why it is cheap: a target voxel whose 8 surrounding model voxels all carry label k takes k (a convex
-    combination of vectors that all peak at k peaks at k). So, one target slice at a time, the two model
-    slices around it are blended along z, then along x for every target row, and only the voxels of cells
-    that straddle a boundary are blended along y and take the argmax. Rotated grids fall back to nearest.
+    combination of vectors that all peak at k peaks at k). So only the voxels of cells that straddle a
+    boundary are interpolated. Target slices come in runs between the same two model slices; per run,
+    each of the two model slices is blended along x and then y at those voxels only, and each target
+    slice of the run is then one blend along z and an argmax. Rotated grids fall back to nearest.
     """
     labels = np.asarray(labels)
     linear, offset = _target_to_source(src_affine, dst_affine)
@@ -99,41 +100,46 @@ def resample_labels_interpolated(
     # indices outside the box read a zero vector (index 0 or the last), inside the box they shift by one.
     n_classes = probs.shape[0]
     zero = torch.zeros((probs.shape[1] + 2, probs.shape[2] + 2, n_classes))
-
-    def model_slice(z: int) -> torch.Tensor:
-        if not box[2].start <= z < box[2].stop:
-            return zero
-        padded = zero.clone()
-        padded[1:-1, 1:-1] = probs[..., z - box[2].start].permute(1, 2, 0)
-        return padded
+    by_z = probs.permute(3, 1, 2, 0).contiguous()  # (Z, X, Y, C): one model slice contiguous, channel last
 
     def in_box(index: np.ndarray, axis: int) -> torch.Tensor:
         return torch.from_numpy(np.clip(index - box[axis].start + 1, 0, box[axis].stop - box[axis].start + 1))
 
     bx0, bx1, by0, by1 = in_box(x0, 0), in_box(x1, 0), in_box(y0, 1), in_box(y1, 1)
     ux, uy = torch.from_numpy(wx)[:, None, None], torch.from_numpy(wy)[:, None]
+    flat_row = probs.shape[2] + 2  # rows of a slice blended along x, flattened
+
+    def along_x(z: int) -> torch.Tensor:
+        """Model slice ``z`` blended along x at every target x: (target X * (Y + 2), C)."""
+        plane = zero
+        if box[2].start <= z < box[2].stop:
+            plane = zero.clone()
+            plane[1:-1, 1:-1] = by_z[z - box[2].start]
+        return torch.lerp(plane[bx0], plane[bx1], ux).reshape(-1, n_classes)
+
     uniform = _plane_uniform(labels).transpose(2, 0, 1).copy()  # (Z, X, Y): one model slice contiguous
     by_slice = labels.transpose(2, 0, 1).copy()
     lower = np.ix_(x0, y0)
     # (Z, Y, X) in C order is (X, Y, Z) in Fortran order, the reader's layout for NIfTI scans: the label map
     # then walks memory like the HU volume (statistics) and the file it is saved to, with no transposing copy
     out = np.empty((dst_shape[2], dst_shape[1], dst_shape[0]), dtype=np.uint8)
-    flat_row = probs.shape[2] + 2  # rows of along_x, flattened
-    cached: tuple = ((-1, -1), zero, zero)
+    pair, blended = (-1, -1), {}
     for k in range(dst_shape[2]):
-        a, b = z0[k], z1[k]
-        target = out[k].T  # (X, Y) view of this slice
-        target[...] = by_slice[a][lower]
-        cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
-        todo = np.flatnonzero(~cell_uniform[lower])
-        if len(todo) == 0:
-            continue
-        if (a, b) != cached[0]:
-            cached = ((a, b), model_slice(a), model_slice(b))
-        plane = torch.lerp(cached[1], cached[2], float(wz[k]))  # (X + 2, Y + 2, C)
-        along_x = torch.lerp(plane[bx0], plane[bx1], ux).reshape(-1, n_classes)  # (target X * (Y + 2), C)
-        rows, cols = np.divmod(todo, dst_shape[1])
-        r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
-        value = torch.lerp(along_x.index_select(0, r + by0[c]), along_x.index_select(0, r + by1[c]), uy[c])
-        target[rows, cols] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
+        a, b = int(z0[k]), int(z1[k])
+        if (a, b) != pair:  # a new run of target slices between model slices a and b
+            pair = (a, b)
+            nearest = np.ascontiguousarray(by_slice[a][lower].T)  # (Y, X): out[k]'s layout
+            cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
+            todo = np.flatnonzero(~cell_uniform[lower])  # target (x, y) as x * Y + y
+            if len(todo):
+                rows, cols = np.divmod(todo, dst_shape[1])
+                flat = cols * dst_shape[0] + rows  # the same voxels in out[k]'s (Y, X) order
+                r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
+                pick0, pick1, weight = r + by0[c], r + by1[c], uy[c]
+                blended = {z: blended.get(z) if z in blended else along_x(z) for z in (a, b)}  # b is next a
+                at_a, at_b = (torch.lerp(blended[z][pick0], blended[z][pick1], weight) for z in (a, b))
+        out[k] = nearest
+        if len(todo):
+            value = torch.lerp(at_a, at_b, float(wz[k]))  # (voxels to do, C)
+            out[k].reshape(-1)[flat] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
     return out.transpose(2, 1, 0)
