@@ -14,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from monai.networks.nets import SwinUNETR
 from segment_helpers import dice, small_phantom, swin_model_dir, write_nifti
 
 from models.inference import Segmenter, SegmentOptions
+from models.inference.predict import CPU_STREAMS, predict_probabilities, window_streams
 from models.inference.preprocess import network_input
 from models.inference.segmenter import cpu_has_native_bf16
 from models.io.reader import load_ct
@@ -50,3 +53,38 @@ def test_fast_path_masks_agree_with_fp32(tmp_path: Path) -> None:
     print("vs fp32 Dice: sdpa", sdpa, "bf16", bf16, counts)
     assert np.mean(sdpa) >= 0.99, sdpa
     assert np.mean(bf16) >= 0.97, bf16
+
+
+def _swin() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3).eval()
+
+
+@pytest.mark.parametrize("sw_batch_size", [2, 4])
+def test_window_streams_give_the_probabilities_of_one_stream(sw_batch_size: int) -> None:
+    """Three windows: batches of 2 + 1 (the last one too small to split) or one batch of 3 split 2 + 1."""
+    net, volume = _swin(), torch.rand(1, 128, 64, 64)
+    kwargs = {"device": torch.device("cpu"), "sw_batch_size": sw_batch_size, "overlap": 0.5, "fast_path": True}
+    threads = torch.get_num_threads()
+    one = predict_probabilities(net, volume, (64, 64, 64), streams=1, **kwargs)
+    two = predict_probabilities(net, volume, (64, 64, 64), streams=2, **kwargs)
+    torch.testing.assert_close(two, one, atol=1e-5, rtol=0)
+    assert torch.get_num_threads() == threads  # the caller's thread count is back
+
+
+def test_a_failing_window_stream_raises_and_restores_the_thread_count() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("out of memory in a window")
+
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="out of memory in a window"):
+        predict_probabilities(Broken(), torch.rand(1, 64, 64, 64), (64, 64, 64), device=torch.device("cpu"),
+                              sw_batch_size=2, overlap=0.5, fast_path=True, streams=2)  # fmt: skip
+    assert torch.get_num_threads() == threads
+
+
+def test_streams_only_on_the_cpu_fast_path() -> None:
+    assert window_streams(torch.device("cpu"), fast_path=False) == 1  # the fp32 reference stays MONAI's
+    assert window_streams(torch.device("cuda"), fast_path=True) == 1
+    assert window_streams(torch.device("cpu"), fast_path=True) == min(CPU_STREAMS, torch.get_num_threads())

@@ -10,8 +10,10 @@ matrices dominate at small feature sizes (the head counts do not shrink with the
 
 The sliding-window output (one float32 logit volume per class at model resolution, twice with TTA) and
 the fast path's cached attention biases (``reserved``, a constant of the model and roi) are set aside
-first, then half of what remains is given to windows. CPU batches stop at 2 (measured: batch 4
-is no faster than 2 on two cores and needs twice the memory); GPU batches at 8.
+first, then half of what remains is given to windows. CPU batches stop at 2 per window stream
+(measured: one stream of two threads is no faster with 4 windows than with 2 and needs twice the memory;
+two streams of one thread run 2 windows each, see :data:`models.inference.predict.CPU_STREAMS`); GPU
+batches at 8.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def choose_batch(
     tta: bool = False,
     requested: int | None = None,
     reserved: int = 0,
+    streams: int = 1,
 ) -> BatchChoice:
     """Window batch size (>= 1) and whether the logit volume fits on ``device`` beside the windows.
 
@@ -69,7 +72,7 @@ def choose_batch(
     besides its weights (:func:`models.inference.window_attention.window_bias_bytes` on the fast path;
     set aside even when a previous scan already allocated them, which errs on the safe side). On a GPU
     the per-class logit volume is accumulated on the device when it fits, else in host memory (MONAI's
-    ``device`` argument).
+    ``device`` argument). ``streams``: threads that share each batch on CPU, :data:`CPU_MAX_BATCH` each.
     """
     free = free_memory(device)
     per_window = window_bytes(roi, feature_size)
@@ -80,7 +83,7 @@ def choose_batch(
     if device.type == "cuda" and budget < per_window:
         aggregate_on_device = False  # keep the logits in RAM; the GPU only holds windows
         budget = usable
-    cap = GPU_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
+    cap = GPU_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH * max(1, streams)
     batch = requested if requested is not None else max(1, min(cap, int(budget // per_window)))
     return BatchChoice(
         sw_batch_size=int(batch),

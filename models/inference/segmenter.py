@@ -36,7 +36,7 @@ import models
 from models.data.spacing import Box, crop_affine
 from models.inference.memory import choose_batch
 from models.inference.options import SegmentOptions, resolve_organs
-from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities
+from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities, window_streams
 from models.inference.preprocess import body_box, inference_spacing, network_input
 from models.inference.region import organ_box
 from models.inference.resample import resample_labels_interpolated
@@ -257,14 +257,15 @@ class Segmenter:
 
         net = self.spec.network
         attention_cache = window_bias_bytes(prep.roi, net.num_heads, net.depths) if opts.fast_path else 0
+        streams = window_streams(self.device, opts.fast_path)
         batch = choose_batch(prep.roi, net.feature_size, self.spec.out_channels, body_shape, self.device,
-                             tta=opts.tta, requested=opts.sw_batch_size, reserved=attention_cache)
+                             tta=opts.tta, requested=opts.sw_batch_size, reserved=attention_cache, streams=streams)
         t0 = time.perf_counter()
         with self._lock:
             probs = predict_probabilities(
                 self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
                 sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
-                tta=opts.tta, aggregate_on_device=batch.aggregate_on_device,
+                tta=opts.tta, aggregate_on_device=batch.aggregate_on_device, streams=streams,
             )
         del volume
         model_labels = np.zeros(model_shape, dtype=np.uint8)  # outside the body box: background
@@ -282,6 +283,7 @@ class Segmenter:
             "body_box": [[s.start, s.stop] for s in body],
             "roi": list(prep.roi),
             "sw_batch_size": batch.sw_batch_size,
+            "window_streams": streams,
             "window_bytes_estimate": batch.window_bytes,
             "logit_bytes": batch.output_bytes,
             "free_bytes": batch.free_bytes,
