@@ -7,7 +7,9 @@ the same weights and input, timed in the same run (median of ``--repeats`` forwa
 - ``monai_default``: MONAI's default attention (the baseline recipe's),
 - ``monai_sdpa``: MONAI's SDPA path (``use_flash_attention=True``),
 - ``asa_cached``: ASA-CT's fast path, SDPA with the bias built once per window layout
-  (:mod:`models.inference.window_attention`), what ``asa segment`` runs.
+  (:mod:`models.inference.window_attention`), in one stream of ``--threads`` threads;
+- ``asa_cached_streams``: the same, as ``asa segment`` runs it on CPU: ``CPU_STREAMS`` threads of
+  ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows).
 
 For ``asa_cached`` the operators' self-times (torch.profiler) are summed into a few groups, as shares.
 
@@ -21,6 +23,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +31,7 @@ from jsonout import emit_json
 from monai.networks.nets import SwinUNETR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.inference.predict import CPU_STREAMS, stream_windows
 from models.inference.window_attention import enable_fast_attention
 
 GROUPS = {  # exact operator names
@@ -42,7 +46,7 @@ GROUPS = {  # exact operator names
 }
 
 
-def _median_forward(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+def _median_forward(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
     with torch.inference_mode():
         net(x)  # warm-up (and, for the cached route, the one-off bias build)
         times = []
@@ -51,6 +55,14 @@ def _median_forward(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> floa
             net(x)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _in_streams(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with stream_windows(net, CPU_STREAMS) as forward:
+            return forward(x)
+
+    return run
 
 
 def _shares(net: torch.nn.Module, x: torch.Tensor) -> dict:
@@ -79,6 +91,8 @@ def main(threads: int, batch: int, repeats: int) -> dict:
         name: _median_forward(net, x, repeats)
         for name, net in (("monai_default", monai_default), ("monai_sdpa", monai_sdpa), ("asa_cached", asa))
     }
+    x_streams = torch.rand(batch * CPU_STREAMS, 1, 64, 64, 64)
+    times["asa_cached_streams"] = _median_forward(_in_streams(asa), x_streams, repeats) / CPU_STREAMS
     with torch.inference_mode():
         max_diff = float((asa(x) - monai_sdpa(x)).abs().max())
     return {
@@ -88,6 +102,8 @@ def main(threads: int, batch: int, repeats: int) -> dict:
         "forward_s": {k: round(v, 4) for k, v in times.items()},
         "speedup_vs_monai_sdpa": round(times["monai_sdpa"] / times["asa_cached"], 3),
         "speedup_vs_monai_default": round(times["monai_default"] / times["asa_cached"], 3),
+        "streams": CPU_STREAMS,
+        "speedup_streams_vs_one_stream": round(times["asa_cached"] / times["asa_cached_streams"], 3),
         "max_abs_diff_vs_monai_sdpa": max_diff,
         "asa_cached_profile": _shares(asa, x),
     }

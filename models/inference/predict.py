@@ -25,8 +25,9 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 # Window streams on CPU: each window batch is split between this many threads, each running its share with
 # an equal share of the intra-op threads. Why: Swin UNETR's operators are small (343-token windows, 12 to 48
 # channels), so two threads on one window keep each other waiting; two threads on two windows each do not.
-# Measured on 2 cores (cpu-demo model, 64³ windows, fast path): the real sample's network pass takes 8.3 s
-# against 10.6 s with one stream of two threads. More streams were not measured, so at most two.
+# Measured on 2 cores (cpu-demo model, 64³ windows, fast path): 0.86 s per two windows against 1.08 s for one
+# stream of two threads (bench/network_profile.py); the real sample's network pass, 8.3 s against 10.6 s.
+# More streams were not measured, so at most two.
 CPU_STREAMS = 2
 
 
@@ -41,7 +42,7 @@ def window_streams(device: torch.device, fast_path: bool = True) -> int:
 
 
 @contextlib.contextmanager
-def _streams(forward: Callable[[torch.Tensor], torch.Tensor], streams: int) -> Iterator[Callable]:
+def stream_windows(forward: Callable[[torch.Tensor], torch.Tensor], streams: int) -> Iterator[Callable]:
     """``forward`` split over ``streams`` threads by window (one stream: ``forward`` itself).
 
     Each worker thread gets ``threads // streams`` intra-op threads (a per-thread OpenMP setting) and its
@@ -111,7 +112,7 @@ def predict_probabilities(
             return network(x).float()
 
     x = torch.as_tensor(volume, dtype=torch.float32).unsqueeze(0).to(device)  # plain tensor, (1, 1, X, Y, Z)
-    with torch.inference_mode(), _streams(forward, streams) as run_windows:
+    with torch.inference_mode(), stream_windows(forward, streams) as run_windows:
         probs: torch.Tensor | None = None
         for dims in TTA_FLIPS if tta else ((),):
             xi = torch.flip(x, dims) if dims else x
