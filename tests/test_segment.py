@@ -177,6 +177,7 @@ def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:
     assert stats["organs"][2]["voxels"] == 0 and stats["organs"][2]["hu_mean"] is None
     rows = stats_csv(stats).strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("id,name,voxels,volume_ml")
+    assert organ_stats(labels_ras, ct, {1: "a", 2: "b", 3: "absent"}, workers=3) == stats  # in threads, same order
 
 
 def test_resample_labels_between_grids() -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from models.data.transforms import THIN_SCAN_PADDING
+from models.inference.threads import torch_thread_pool
 from models.inference.window_attention import enable_fast_attention
 
 # identity + one mirror per spatial axis of a (B, C, X, Y, Z) tensor; nnU-Net's 8 combinations cost 2x more
@@ -45,25 +45,19 @@ def window_streams(device: torch.device, fast_path: bool = True) -> int:
 def stream_windows(forward: Callable[[torch.Tensor], torch.Tensor], streams: int) -> Iterator[Callable]:
     """``forward`` split over ``streams`` threads by window (one stream: ``forward`` itself).
 
-    Each worker thread gets ``threads // streams`` intra-op threads (a per-thread OpenMP setting) and its
-    own inference mode (a per-thread switch); the caller's thread count is restored afterwards.
+    Each worker thread gets an equal share of the intra-op threads (:func:`torch_thread_pool`) and its own
+    inference mode (a per-thread switch).
     """
     if streams <= 1:
         yield forward
         return
-    threads = torch.get_num_threads()
-    per_stream = max(1, threads // streams)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return forward(x)
 
-    torch.set_num_threads(per_stream)
-    try:
-        with ThreadPoolExecutor(streams, initializer=torch.set_num_threads, initargs=(per_stream,)) as pool:
-            yield lambda x: torch.cat(list(pool.map(run, x.tensor_split(min(streams, len(x))))))
-    finally:
-        torch.set_num_threads(threads)
+    with torch_thread_pool(streams) as pool:
+        yield lambda x: torch.cat(list(pool.map(run, x.tensor_split(min(streams, len(x))))))
 
 
 @contextlib.contextmanager

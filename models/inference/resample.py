@@ -9,9 +9,13 @@ probabilities) one target slice at a time, interpolating only where a model cell
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from scipy import ndimage
+
+from models.inference.threads import torch_thread_pool
 
 AXIS_ALIGNED_TOL = 1e-6
 
@@ -123,23 +127,31 @@ def resample_labels_interpolated(
     # (Z, Y, X) in C order is (X, Y, Z) in Fortran order, the reader's layout for NIfTI scans: the label map
     # then walks memory like the HU volume (statistics) and the file it is saved to, with no transposing copy
     out = np.empty((dst_shape[2], dst_shape[1], dst_shape[0]), dtype=np.uint8)
-    pair, blended = (-1, -1), {}
-    for k in range(dst_shape[2]):
-        a, b = int(z0[k]), int(z1[k])
-        if (a, b) != pair:  # a new run of target slices between model slices a and b
-            pair = (a, b)
-            nearest = np.ascontiguousarray(by_slice[a][lower].T)  # (Y, X): out[k]'s layout
-            cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
-            todo = np.flatnonzero(~cell_uniform[lower])  # target (x, y) as x * Y + y
+
+    def fill(slices: range) -> None:
+        """Target slices ``slices`` of ``out``; each worker thread takes one contiguous range."""
+        pair, blended = (-1, -1), {}
+        for k in slices:
+            a, b = int(z0[k]), int(z1[k])
+            if (a, b) != pair:  # a new run of target slices between model slices a and b
+                pair = (a, b)
+                nearest = np.ascontiguousarray(by_slice[a][lower].T)  # (Y, X): out[k]'s layout
+                cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
+                todo = np.flatnonzero(~cell_uniform[lower])  # target (x, y) as x * Y + y
+                if len(todo):
+                    rows, cols = np.divmod(todo, dst_shape[1])
+                    flat = cols * dst_shape[0] + rows  # the same voxels in out[k]'s (Y, X) order
+                    r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
+                    pick0, pick1, weight = r + by0[c], r + by1[c], uy[c]
+                    blended = {z: blended.get(z) if z in blended else along_x(z) for z in (a, b)}  # b is next a
+                    at_a, at_b = (torch.lerp(blended[z][pick0], blended[z][pick1], weight) for z in (a, b))
+            out[k] = nearest
             if len(todo):
-                rows, cols = np.divmod(todo, dst_shape[1])
-                flat = cols * dst_shape[0] + rows  # the same voxels in out[k]'s (Y, X) order
-                r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
-                pick0, pick1, weight = r + by0[c], r + by1[c], uy[c]
-                blended = {z: blended.get(z) if z in blended else along_x(z) for z in (a, b)}  # b is next a
-                at_a, at_b = (torch.lerp(blended[z][pick0], blended[z][pick1], weight) for z in (a, b))
-        out[k] = nearest
-        if len(todo):
-            value = torch.lerp(at_a, at_b, float(wz[k]))  # (voxels to do, C)
-            out[k].reshape(-1)[flat] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
+                value = torch.lerp(at_a, at_b, float(wz[k]))  # (voxels to do, C)
+                out[k].reshape(-1)[flat] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
+
+    workers = max(1, min(torch.get_num_threads(), dst_shape[2]))
+    bounds = np.linspace(0, dst_shape[2], workers + 1).astype(int)
+    with torch_thread_pool(workers) as pool:
+        list(pool.map(fill, [range(lo, hi) for lo, hi in itertools.pairwise(bounds)]))
     return out.transpose(2, 1, 0)

@@ -171,7 +171,7 @@ class Segmenter:
             keep[organ_ids] = organ_ids
             labels = keep[labels]  # other organs -> background, ids unchanged (one lookup, uint8)
         names = {i: self.spec.labels[i].name for i in organ_ids}
-        stats = organ_stats(labels, ct, names)
+        stats = organ_stats(labels, ct, names, workers=torch.get_num_threads())
         source_labels = ct.to_source(labels)
         timings["postprocess"] += time.perf_counter() - t0
 
