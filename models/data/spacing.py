@@ -113,13 +113,15 @@ def resample_anti_aliased(
     source_spacing = np.sqrt((src_affine[:3, :3] ** 2).sum(axis=0))
     sigma = anti_alias_sigma(source_spacing, spacing) if blur else (0.0, 0.0, 0.0)
     matrices = [
-        torch.from_numpy(
-            axis_matrix(linear[a, a] * np.arange(out_shape[a]) + to_source[a, 3] + box[a].start, hu.shape[a],
-                        sigma[a], box[a].start, box[a].stop - 1).astype(np.float32)
-        )
+        axis_matrix(linear[a, a] * np.arange(out_shape[a]) + to_source[a, 3] + box[a].start, hu.shape[a],
+                    sigma[a], box[a].start, box[a].stop - 1)
         for a in range(3)
     ]  # fmt: skip
-    return _apply_separable(np.asarray(hu, dtype=np.float32), matrices), out_affine
+    # only the voxels some output reads (a box and its blur's reach; everything for a whole scan)
+    reach = [np.flatnonzero(m.any(axis=0))[[0, -1]] for m in matrices]
+    read = tuple(slice(int(lo), int(hi) + 1) for lo, hi in reach)
+    matrices = [torch.from_numpy(m[:, s].astype(np.float32)) for m, s in zip(matrices, read, strict=True)]
+    return _apply_separable(np.asarray(hu[read], dtype=np.float32), matrices), out_affine
 
 
 def _apply_separable(hu: np.ndarray, matrices: list[torch.Tensor]) -> np.ndarray:
