@@ -23,14 +23,14 @@ from models.asa.data import PretrainViews
 from models.asa.model import ASA
 from models.asa.trainer import evaluate_order, load_checkpoint
 from models.config import PretrainConfig
-from models.data import transforms
+from models.data import spacing, transforms
 from models.data.cache import cached_volume
 from models.data.datasets import load_dataset
 
 
 def main(run: Path, shuffles: int, blur: bool = True) -> dict:
-    if not blur:
-        transforms.anti_alias_sigma = lambda source, target: (0.0,) * len(source)
+    if not blur:  # the separable route reads spacing's sigma, the scipy fallback transforms'
+        spacing.anti_alias_sigma = transforms.anti_alias_sigma = lambda source, target: (0.0,) * len(source)
     state = load_checkpoint(run)
     cfg = PretrainConfig.model_validate(state["config"])
     info = json.loads((run / "run.json").read_text())
