@@ -32,7 +32,8 @@ import nibabel as nib
 import numpy as np
 from jsonout import emit_json
 
-from models.data import spacing, transforms
+from models.data import spacing as data_spacing
+from models.data import transforms
 from models.data.sample import fetch_sample_data
 from models.evaluation.evaluate import remap
 from models.evaluation.metrics import case_metrics
@@ -89,14 +90,14 @@ def dicom_seg_check(result: SegmentationResult, out: Path) -> dict:
 @contextlib.contextmanager
 def settings(mode: str) -> Iterator[None]:
     """Padding mode (and, for ``replicate_no_antialias``, no blur) for the calls made inside."""
-    sigma = spacing.anti_alias_sigma
+    sigma = data_spacing.anti_alias_sigma
     predict.THIN_SCAN_PADDING = "replicate" if mode == "replicate_no_antialias" else mode  # read at call time
     if mode == "replicate_no_antialias":  # the separable route reads spacing's, the scipy fallback transforms'
-        spacing.anti_alias_sigma = transforms.anti_alias_sigma = lambda source, target: (0.0,) * len(source)
+        data_spacing.anti_alias_sigma = transforms.anti_alias_sigma = lambda source, target: (0.0,) * len(source)
     try:
         yield
     finally:
-        spacing.anti_alias_sigma = transforms.anti_alias_sigma = sigma
+        data_spacing.anti_alias_sigma = transforms.anti_alias_sigma = sigma
         predict.THIN_SCAN_PADDING = "replicate"
 
 
