@@ -6,7 +6,8 @@ Same run, same data, medians of ``--repeats``:
   stored values cast and reoriented in one copy);
 - ``preprocess``: scipy's full-resolution blur, MONAI ``Spacing`` and the HU window, against
   ``preprocess`` (blur and ``Spacing`` as one matrix per axis), with the largest difference of the two;
-- ``labels_to_scan_grid`` and ``organ_stats``: one thread against all of torch's threads.
+- ``labels_to_scan_grid`` and ``organ_stats``: one thread against all of torch's threads;
+- ``write_labels``: nibabel's ``.nii.gz`` writer (zlib level 1) against ``save_label_nifti`` (ISA-L).
 
 The CT is ``bench/large_ct.py``'s (the real sample's anatomy at 0.7 mm, stored LPS); the label map is the
 sample's TotalSegmentator mask brought to its grid (nearest), and the model-grid probabilities a blurred
@@ -21,6 +22,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +45,7 @@ from models.data.spacing import spacing_grid  # noqa: E402
 from models.data.transforms import anti_alias_array, preprocess  # noqa: E402
 from models.inference.resample import resample_labels, resample_labels_interpolated  # noqa: E402
 from models.inference.stats import organ_stats  # noqa: E402
+from models.inference.writers import save_label_nifti  # noqa: E402
 from models.io.reader import canonicalise, load_ct  # noqa: E402
 
 MODEL_SPACING = (3.0, 3.0, 4.0)
@@ -130,8 +133,18 @@ def main(repeats: int, workdir: Path) -> dict[str, Any]:
     stages["organ_stats"] = {"one_thread": one_thread["organ_stats"],
                              "all_threads": median_time(lambda: stats(threads), repeats),
                              "identical": stats(1) == stats(threads)}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        before_path, after_path = Path(tmp) / "nibabel.nii.gz", Path(tmp) / "isal.nii.gz"
+        img = nib.Nifti1Image(scan_labels, ct.affine)
+        stages["write_labels"] = {"before": median_time(lambda: nib.save(img, str(before_path)), repeats),
+                                  "after": median_time(lambda: save_label_nifti(scan_labels, ct.affine, after_path),
+                                                       repeats),
+                                  "mb_before": round(before_path.stat().st_size / 1e6, 2),
+                                  "mb_after": round(after_path.stat().st_size / 1e6, 2),
+                                  "identical": bool(np.array_equal(np.asarray(nib.load(str(after_path)).dataobj),
+                                                                   scan_labels))}  # fmt: skip
     for stage in stages.values():
-        keys = [k for k in stage if isinstance(stage[k], float) and not k.startswith("max")]
+        keys = [k for k in stage if isinstance(stage[k], float) and not k.startswith(("max", "mb"))]
         stage["speedup"] = round(stage[keys[0]] / stage[keys[1]], 2)
         for k in keys:
             stage[k] = round(stage[k], 3)
