@@ -237,6 +237,10 @@ def test_window_batch_from_memory(monkeypatch) -> None:
     monkeypatch.setattr(memory, "free_memory", lambda device: 64 * 2**30)
     cpu = torch.device("cpu")
     assert choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu).sw_batch_size == CPU_MAX_BATCH
+    # two window streams take 2 windows each where they fit the CPU window budget, no more where they do not
+    assert choose_batch((64, 64, 64), 12, 14, (300, 300, 200), cpu, streams=2).sw_batch_size == 2 * CPU_MAX_BATCH
+    assert choose_batch((96, 96, 96), 12, 14, (300, 300, 200), cpu, streams=2).sw_batch_size == CPU_MAX_BATCH
+    assert choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu, streams=2).sw_batch_size == CPU_MAX_BATCH
     monkeypatch.setattr(memory, "free_memory", lambda device: 4 * 2**30)
     small = choose_batch((96, 96, 96), 48, 14, (300, 300, 200), cpu)
     assert small.sw_batch_size == 1 and small.window_bytes == window_bytes((96, 96, 96), 48)

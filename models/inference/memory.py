@@ -12,8 +12,10 @@ The sliding-window output (one float32 logit volume per class at model resolutio
 the fast path's cached attention biases (``reserved``, a constant of the model and roi) are set aside
 first, then half of what remains is given to windows. CPU batches stop at 2 per window stream
 (measured: one stream of two threads is no faster with 4 windows than with 2 and needs twice the memory;
-two streams of one thread run 2 windows each, see :data:`models.inference.predict.CPU_STREAMS`); GPU
-batches at 8.
+two streams of one thread run 2 windows each, see :data:`models.inference.predict.CPU_STREAMS`), and
+streams add windows beyond 2 only within :data:`CPU_WINDOW_BUDGET`, however much RAM is free: at roi 96
+that leaves 2 windows (one per stream), as before streams, so a 512 x 512 x 300 scan at the BTCV spacing
+needs no more memory than it did. GPU batches stop at 8.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ GPU_MAX_BATCH = 8
 BYTES_PER_VOXEL_BASE = 1600
 BYTES_PER_VOXEL_PER_FEATURE = 16
 USABLE_FRACTION = 0.5
+CPU_WINDOW_BUDGET = 3.5 * 2**30  # windows in flight on CPU with streams: 4 at roi 64, 2 at roi 96 (feature size 12)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,11 @@ def choose_batch(
     if device.type == "cuda" and budget < per_window:
         aggregate_on_device = False  # keep the logits in RAM; the GPU only holds windows
         budget = usable
-    cap = GPU_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH * max(1, streams)
+    if device.type == "cuda":
+        cap = GPU_MAX_BATCH
+    else:
+        # streams add windows only within the budget; a single stream keeps its 2
+        cap = min(CPU_MAX_BATCH * max(1, streams), max(CPU_MAX_BATCH, int(CPU_WINDOW_BUDGET // per_window)))
     batch = requested if requested is not None else max(1, min(cap, int(budget // per_window)))
     return BatchChoice(
         sw_batch_size=int(batch),
