@@ -1,15 +1,15 @@
 """Blur and resample a CT to a spacing as one small matrix per axis: MONAI ``Spacing`` after our blur, fast.
 
 Why: on a 512 x 512 x 300 CT, the anti-aliasing blur at full resolution (scipy, one thread) followed by
-MONAI ``Spacing`` took 2.6 s, the largest cost outside the network for a small model. Both steps are
+MONAI ``Spacing`` took 2.0 s, the largest cost outside the network for a small model. Both steps are
 separable when the two grids share their axes, as ``Spacing`` always makes them (it keeps the direction
 cosines and changes only the voxel size): along one axis, the gaussian (scipy's kernel, edges repeated)
 followed by linear interpolation (coordinates clamped to the border, as ``padding_mode="border"``) is one
 (n_out x n_in) matrix. The volume then goes through three matrix products, each one reading the data in
-memory order and shrinking it, 0.47 s at one thread for that CT, with the same values to float rounding
-(tests compare against scipy + MONAI). The output grid is MONAI's own (``zoom_affine`` and
-``compute_shape_offset``, as ``Spacing`` computes it). Grids that do not share their axes (a sheared
-affine) get ``None``, and the caller takes the scipy + MONAI route.
+memory order and shrinking it, 0.27 s for that CT on two threads (``bench/cpu_stages.py``), with the
+same values to float rounding (tests compare against scipy + MONAI). The output grid is MONAI's own
+(``zoom_affine`` and ``compute_shape_offset``, as ``Spacing`` computes it). Grids that do not share their
+axes (a sheared affine) get ``None``, and the caller takes the scipy + MONAI route.
 """
 
 from __future__ import annotations
