@@ -10,7 +10,8 @@ Same run, same data, medians of ``--repeats``:
 - ``write_labels``: nibabel's ``.nii.gz`` writer (zlib level 1) against ``save_label_nifti`` (ISA-L).
 
 The CT is ``bench/large_ct.py``'s (the real sample's anatomy at 0.7 mm, stored LPS); the label map is the
-sample's TotalSegmentator mask brought to its grid (nearest), and the model-grid probabilities a blurred
+sample's TotalSegmentator mask brought to its grid (nearest; it covers the first 30 slices, its last slice
+repeats beyond), and the model-grid probabilities a blurred
 one-hot of that mask at the cpu-demo spacing (3 x 3 x 4 mm), so boundaries are those of real organs.
 
     python bench/cpu_stages.py --repeats 5 --out bench/results/cpu_stages.json
@@ -79,6 +80,8 @@ def realistic_labels(ct: Any) -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.
     """(labels on the CT's grid, labels on the model grid, probabilities there, the model grid's affine)."""
     sample = fetch_sample_data()
     src = load_ct(sample / "example_ct.nii.gz")
+    # the mask covers the scan's first 30 slices only (so not load_label, which wants the scan's grid): its
+    # grid has the scan's origin and spacing, and nearest resampling repeats its last slice beyond them
     mask = np.asarray(nib.load(str(sample / "example_seg.nii.gz")).dataobj).astype(np.int64)  # 100+ classes
     canonical = nib.orientations.apply_orientation(mask, src.source.to_canonical_transform) % N_LABELS
     canonical = canonical.astype(np.uint8)

@@ -38,6 +38,16 @@ def anti_alias_sigma(source: Sequence[float], target: Sequence[float]) -> tuple[
     return tuple(max(0.0, (float(t) / float(s) - 1.0) / 2.0) for s, t in zip(source, target, strict=True))
 
 
+def axis_aligned(linear: np.ndarray) -> bool:
+    """A grid-to-grid map's 3x3 part moves each axis on its own (the grids share their axes)."""
+    return bool(np.all(np.abs(linear - np.diag(np.diag(linear))) <= AXIS_ALIGNED_TOL * np.abs(linear).max()))
+
+
+def voxel_size(affine: np.ndarray) -> np.ndarray:
+    """The mm step along each array axis: the column norms of the affine's 3x3 part."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
 def crop_affine(affine: np.ndarray, box: Box) -> np.ndarray:
     """Affine of ``array[box]``: the same axes, the origin moved to the box's first voxel."""
     out = np.array(affine, dtype=np.float64, copy=True)
@@ -54,7 +64,7 @@ def spacing_grid(
     As ``Spacing`` does, an axis whose spacing is within ``AFFINE_TOL`` of the target keeps its own.
     """
     affine = np.asarray(affine, dtype=np.float64)
-    own = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    own = voxel_size(affine)
     target = np.asarray(spacing, dtype=np.float64)
     target = np.where(np.abs(own - target) <= AFFINE_TOL, own, target)
     out_affine = zoom_affine(affine, target, diagonal=False)
@@ -108,10 +118,9 @@ def resample_anti_aliased(
     out_shape, out_affine = spacing_grid([s.stop - s.start for s in box], src_affine, spacing)
     to_source = np.linalg.solve(src_affine, out_affine)  # output voxel index -> box voxel index
     linear = to_source[:3, :3]
-    if np.abs(linear - np.diag(np.diag(linear))).max() > AXIS_ALIGNED_TOL * np.abs(linear).max():
+    if not axis_aligned(linear):
         return None
-    source_spacing = np.sqrt((src_affine[:3, :3] ** 2).sum(axis=0))
-    sigma = anti_alias_sigma(source_spacing, spacing) if blur else (0.0, 0.0, 0.0)
+    sigma = anti_alias_sigma(voxel_size(src_affine), spacing) if blur else (0.0, 0.0, 0.0)
     matrices = [
         axis_matrix(linear[a, a] * np.arange(out_shape[a]) + to_source[a, 3] + box[a].start, hu.shape[a],
                     sigma[a], box[a].start, box[a].stop - 1)

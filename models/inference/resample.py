@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from models.data.spacing import axis_aligned
 from models.inference.threads import torch_thread_pool
-
-AXIS_ALIGNED_TOL = 1e-6
 
 
 def resample_labels(
@@ -33,7 +32,7 @@ def resample_labels(
     """
     labels = np.asarray(labels)
     linear, offset = _target_to_source(src_affine, dst_affine)
-    if _axis_aligned(linear):
+    if axis_aligned(linear):
         # floor(x + 0.5): ties (a target centre exactly between two source centres, e.g. a 2x spacing
         # factor) always go up, never alternate as round-half-to-even would
         index = [
@@ -51,11 +50,6 @@ def _target_to_source(src_affine: np.ndarray, dst_affine: np.ndarray) -> tuple[n
     """Linear part and offset of the map from target voxel indices to source voxel indices."""
     src_to_dst = np.linalg.solve(np.asarray(src_affine, float), np.asarray(dst_affine, float))
     return src_to_dst[:3, :3], src_to_dst[:3, 3]
-
-
-def _axis_aligned(linear: np.ndarray) -> bool:
-    """The grids share their axes (``Spacing`` keeps direction cosines): each axis maps on its own."""
-    return bool(np.all(np.abs(linear - np.diag(np.diag(linear))) <= AXIS_ALIGNED_TOL * np.abs(linear).max()))
 
 
 def _axis_corners(scale: float, offset: float, n_dst: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +89,7 @@ def resample_labels_interpolated(
     """
     labels = np.asarray(labels)
     linear, offset = _target_to_source(src_affine, dst_affine)
-    if not _axis_aligned(linear):
+    if not axis_aligned(linear):
         return resample_labels(labels, src_affine, dst_shape, dst_affine)
     (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (
         _axis_corners(np.diag(linear)[a], offset[a], dst_shape[a], labels.shape[a]) for a in range(3)

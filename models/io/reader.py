@@ -186,14 +186,30 @@ def load_ct(src: str | Path | Sequence[str | Path], series_uid: str | None = Non
 # --------------------------------------------------------------------------- NIfTI
 
 
-def _read_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
-    """nibabel load with the failure turned into a CTReadError naming the file (``.nii``: memory-mapped)."""
+def _read_nifti(path: Path) -> tuple[nib.Nifti1Image | nib.Nifti2Image, np.ndarray]:
+    """The image (header, affine, scaling) and its stored voxel values; failures become a CTReadError.
+
+    ``.nii.gz`` is decompressed by ISA-L (:mod:`isal.igzip`, twice as fast as zlib) and streamed, never held
+    as a whole file; ``.nii`` is memory-mapped by nibabel. The values are the stored ones, unscaled: callers
+    apply ``scl_slope``/``scl_inter`` (:func:`_scaling`) after their own copy.
+    """
     try:
-        img = nib.load(str(path))
-        _ = img.shape
-    except Exception as exc:  # nibabel raises many types for corrupt files
+        if not path.name.lower().endswith(".gz"):
+            img = nib.load(str(path))
+            return img, np.asarray(img.dataobj.get_unscaled())  # type: ignore[return-value]
+        with igzip.open(path, "rb") as stream:
+            head = stream.read(540)
+            stream.seek(0)
+            klass = nib.Nifti2Image if nib.Nifti2Header.may_contain_header(head) else nib.Nifti1Image
+            img = klass.from_stream(stream)
+            return img, np.asarray(img.dataobj.get_unscaled())
+    except Exception as exc:  # nibabel and the decompressor raise many types for corrupt files
         raise CTReadError(f"cannot read NIfTI file {path}: {exc}") from exc
-    return img  # type: ignore[return-value]
+
+
+def _scaling(img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, float]:
+    """nibabel's (slope, intercept) of the stored values: (1, 0) when the header leaves them unset."""
+    return float(img.dataobj.slope), float(img.dataobj.inter)
 
 
 def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
@@ -209,28 +225,12 @@ def _load_nifti(path: Path) -> CTImage:
     """NIfTI: stored values, reoriented and cast to float32 in one copy, then ``scl_slope``/``scl_inter``.
 
     Why not ``get_fdata``: it makes a scaled float copy that reorienting copies again. Reading the stored
-    int16 and making one cast-and-flip copy, with ``.nii.gz`` decompressed by ISA-L (:mod:`isal.igzip`,
-    twice as fast as zlib, streamed: never held as a whole file), takes 0.65 s against 1.37 s for a
-    512 x 512 x 300 scan (``bench/cpu_stages.py``).
-    The scaling is nibabel's own (``dataobj.slope``/``inter``: an unset slope means no scaling).
+    int16 (:func:`_read_nifti`) and making one cast-and-flip copy takes 0.65 s against 1.37 s for a
+    512 x 512 x 300 ``.nii.gz`` (``bench/cpu_stages.py``).
     """
-    try:
-        if path.name.lower().endswith(".gz"):
-            with igzip.open(path, "rb") as stream:
-                head = stream.read(540)
-                stream.seek(0)
-                klass = nib.Nifti2Image if nib.Nifti2Header.may_contain_header(head) else nib.Nifti1Image
-                img = klass.from_stream(stream)
-                stored = np.asarray(img.dataobj.get_unscaled())
-        else:
-            img = _read_nifti(path)
-            stored = np.asarray(img.dataobj.get_unscaled())
-    except CTReadError:
-        raise
-    except Exception as exc:  # nibabel and the decompressor raise many types for corrupt files
-        raise CTReadError(f"cannot read NIfTI file {path}: {exc}") from exc
+    img, stored = _read_nifti(path)
     stored = _squeeze_to_3d(stored, path)
-    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    slope, inter = _scaling(img)
     meta = {
         "format": "nifti",
         "path": str(path),
@@ -312,8 +312,9 @@ def load_label(path: str | Path, like: CTImage) -> np.ndarray:
         lab_img = _load_itk(path)
         data, affine, src_shape = lab_img.array, lab_img.affine, lab_img.source.shape
     else:
-        img = _read_nifti(path)
-        raw = _squeeze_to_3d(np.asanyarray(img.dataobj), path)
+        img, stored = _read_nifti(path)
+        slope, inter = _scaling(img)
+        raw = _squeeze_to_3d(stored if (slope, inter) == (1.0, 0.0) else stored * slope + inter, path)
         transform = ornt_transform(io_orientation(img.affine), _RAS_ORNT)
         data = np.ascontiguousarray(apply_orientation(raw, transform))
         affine = img.affine @ inv_ornt_aff(transform, raw.shape)
