@@ -9,9 +9,12 @@ the same weights and input, timed in the same run (median of ``--repeats`` forwa
 - ``asa_cached``: ASA-CT's fast path, SDPA with the bias built once per window layout
   (:mod:`models.inference.window_attention`), in one stream of ``--threads`` threads;
 - ``asa_cached_streams``: the same, as ``asa segment`` runs it on CPU: ``CPU_STREAMS`` threads of
-  ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows).
+  ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows);
+- ``asa_cached_bf16``, ``asa_cached_streams_bf16``: the same two under bf16 autocast, as ``asa segment``
+  runs by default on a CPU with native bf16 (AMX or AVX512-BF16; skipped where bf16 is emulated).
 
-For ``asa_cached`` the operators' self-times (torch.profiler) are summed into a few groups, as shares.
+For ``asa_cached`` (and ``asa_cached_bf16``) the operators' self-times (torch.profiler) are summed into a
+few groups, as shares.
 
     python bench/network_profile.py [--threads 2] [--batch 2] [--repeats 5] [--out FILE]
 """
@@ -31,6 +34,7 @@ from jsonout import emit_json
 from monai.networks.nets import SwinUNETR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.inference.precision import cpu_has_native_bf16
 from models.inference.predict import CPU_STREAMS, stream_windows
 from models.inference.window_attention import enable_fast_attention
 
@@ -57,7 +61,7 @@ def _median_forward(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return statistics.median(times)
 
 
-def _in_streams(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _in_streams(net: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         with stream_windows(net, CPU_STREAMS) as forward:
             return forward(x)
@@ -65,7 +69,17 @@ def _in_streams(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def _shares(net: torch.nn.Module, x: torch.Tensor) -> dict:
+def _in_bf16(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``net`` under bf16 autocast, entered in the calling thread (autocast is per thread), fp32 out."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x).float()
+
+    return run
+
+
+def _shares(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> dict:
     with torch.inference_mode(), torch.profiler.profile() as prof:
         net(x)
     events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
@@ -93,6 +107,17 @@ def main(threads: int, batch: int, repeats: int) -> dict:
     }
     x_streams = torch.rand(batch * CPU_STREAMS, 1, 64, 64, 64)
     times["asa_cached_streams"] = _median_forward(_in_streams(asa), x_streams, repeats) / CPU_STREAMS
+    bf16: dict = {}
+    if cpu_has_native_bf16():
+        times["asa_cached_bf16"] = _median_forward(_in_bf16(asa), x, repeats)
+        times["asa_cached_streams_bf16"] = _median_forward(_in_streams(_in_bf16(asa)), x_streams, repeats) / CPU_STREAMS
+        with torch.inference_mode():
+            ref, low = asa(x), _in_bf16(asa)(x)
+        bf16 = {
+            "speedup_bf16_vs_fp32_streams": round(times["asa_cached_streams"] / times["asa_cached_streams_bf16"], 3),
+            "bf16_argmax_agreement_random_weights": float((ref.argmax(1) == low.argmax(1)).float().mean()),
+            "asa_cached_bf16_profile": _shares(_in_bf16(asa), x),
+        }
     with torch.inference_mode():
         max_diff = float((asa(x) - monai_sdpa(x)).abs().max())
     return {
@@ -106,6 +131,8 @@ def main(threads: int, batch: int, repeats: int) -> dict:
         "speedup_streams_vs_one_stream": round(times["asa_cached"] / times["asa_cached_streams"], 3),
         "max_abs_diff_vs_monai_sdpa": max_diff,
         "asa_cached_profile": _shares(asa, x),
+        "native_bf16": cpu_has_native_bf16(),
+        **bf16,
     }
 
 

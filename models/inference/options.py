@@ -1,10 +1,11 @@
 """What one segmentation run may change, independent of the model: a pydantic model the REST API can reuse.
 
 Defaults follow the Swin UNETR evaluation protocol (sliding window, overlap 0.5, gaussian blending); the
-fast path (scaled-dot-product attention with the window bias cached, fp32,
+fast path (scaled-dot-product attention with the window bias cached,
 :mod:`models.inference.window_attention`) is on because its masks agree with plain fp32
-(``tests/test_segment_fastpath.py`` checks Dice >= 0.99); bf16 autocast is opt-in until its agreement is
-shown on trained models.
+(``tests/test_segment_fastpath.py`` checks Dice >= 0.99). On top of it, bf16 autocast is on where the
+device runs bf16 natively (:mod:`models.inference.precision`): a trained model's masks agree with fp32 at
+Dice >= 0.99 (``bench/inference.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class SegmentOptions(BaseModel):
     )
     tta: bool = Field(False, description="test-time mirroring: identity + a flip on each of the 3 axes, averaged")
     fast_path: bool = Field(True, description="SDPA attention, bias cached (MONAI's default attention if off)")
-    bf16: bool = Field(False, description="bf16 autocast on top (faster on recent CPUs and GPUs, less exact)")
+    bf16: bool | None = Field(
+        None, description="bf16 autocast on the fast path; None: where the device has native bf16 (else fp32)"
+    )
     sw_batch_size: int | None = Field(None, ge=1, description="windows per network pass; None: from free memory")
     crop_margin_mm: float = Field(20.0, ge=0.0, description="margin around the organs' region when cropping")
 

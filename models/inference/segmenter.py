@@ -36,6 +36,7 @@ import models
 from models.data.spacing import Box, crop_affine
 from models.inference.memory import choose_batch
 from models.inference.options import SegmentOptions, resolve_organs
+from models.inference.precision import cpu_has_native_bf16, use_bf16
 from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities, window_streams
 from models.inference.preprocess import body_box, inference_spacing, network_input
 from models.inference.region import organ_box
@@ -161,7 +162,7 @@ class Segmenter:
         warnings: list[str] = list(ct.warnings)
         if opts.bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.append("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: ~10x slower than "
-                            "fp32 here (measured on an AVX2 EPYC); drop --bf16")
+                            "fp32 here (measured on an AVX2 EPYC); drop --bf16 (fp32 is then chosen by itself)")
 
         labels = self._canonical_labels(ct, opts, organ_ids, timings, info, warnings)
 
@@ -199,6 +200,7 @@ class Segmenter:
                 else platform.processor() or platform.machine()
             ),
             "options": opts.model_dump(mode="json"),
+            "precision": "bf16" if use_bf16(opts.bf16, self.device, opts.fast_path) else "fp32",
             "versions": _versions(),
         }
 
@@ -264,7 +266,8 @@ class Segmenter:
         with self._lock:
             probs = predict_probabilities(
                 self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
-                sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
+                sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path,
+                bf16=use_bf16(opts.bf16, self.device, opts.fast_path),
                 tta=opts.tta, aggregate_on_device=batch.aggregate_on_device, streams=streams,
             )
         del volume
@@ -306,14 +309,6 @@ class Segmenter:
             out |= {"series_uid": meta.get("series_uid"), "study_uid": meta.get("study_uid"),
                     "slices": len(meta.get("sop_instance_uids", []))}
         return out
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU; without it bf16 autocast is emulated and far slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
 
 
 def _versions() -> dict[str, str]:

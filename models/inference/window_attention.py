@@ -75,8 +75,12 @@ class CachedBiasWindowAttention(swin_unetr.WindowAttention):
             return hit[2]
         table = self.relative_position_bias_table
         rel = table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
-        bias = rel.unsqueeze(0) if mask is None else rel.unsqueeze(0) + mask.unsqueeze(1)
-        bias = bias.to(dtype).contiguous()
+        windows = 1 if mask is None else mask.shape[0]
+        bias = torch.empty((windows, *rel.shape), dtype=dtype, device=rel.device)  # one pass, in the run's dtype
+        if mask is None:
+            bias.copy_(rel.unsqueeze(0))
+        else:
+            torch.add(rel.unsqueeze(0), mask.unsqueeze(1).to(rel.dtype), out=bias)  # summed in fp32, then cast
         cache[key] = (mask, version, bias)
         return bias
 
