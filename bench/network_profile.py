@@ -10,8 +10,8 @@ the same weights and input, timed in the same run (median of ``--repeats`` forwa
   (:mod:`models.inference.window_attention`), in one stream of ``--threads`` threads;
 - ``asa_cached_streams``: the same, as ``asa segment`` runs it on CPU: ``CPU_STREAMS`` threads of
   ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows);
-- ``asa_cached_bf16``, ``asa_cached_streams_bf16``: the same two under bf16 autocast, as ``asa segment``
-  runs by default on a CPU with native bf16 (AMX or AVX512-BF16; skipped where bf16 is emulated).
+- ``asa_cached_bf16``, ``asa_cached_streams_bf16``: the same two under bf16 autocast, as ``asa segment
+  --bf16`` runs them (only on a CPU with native bf16, AMX or AVX512-BF16: elsewhere it is emulated).
 
 For ``asa_cached`` (and ``asa_cached_bf16``) the operators' self-times (torch.profiler) are summed into a
 few groups, as shares.
@@ -34,8 +34,8 @@ from jsonout import emit_json
 from monai.networks.nets import SwinUNETR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.inference.precision import cpu_has_native_bf16
 from models.inference.predict import CPU_STREAMS, stream_windows
+from models.inference.segmenter import cpu_has_native_bf16
 from models.inference.window_attention import enable_fast_attention
 
 GROUPS = {  # exact operator names

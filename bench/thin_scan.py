@@ -15,7 +15,7 @@ resampling (``replicate_no_antialias``): what the 1 mm series looked like to the
 With the default settings its DICOM-SEG is written and read back with highdicom, and every organ's frames
 are compared with the NIfTI mask voxel for voxel (``dicom_seg``).
 
-    python bench/thin_scan.py --model runs/real-seg [--out bench/results/thin_scan_cpu.json]
+    python bench/thin_scan.py --model runs/real-seg [--precision fp32|bf16] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -101,16 +101,21 @@ def settings(mode: str) -> Iterator[None]:
         predict.THIN_SCAN_PADDING = "replicate"
 
 
+PRECISIONS = {"fp32": False, "bf16": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--label-map", default="totalseg_to_btcv")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="fp32 (asa segment's default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     sample = fetch_sample_data()
     mapping, _ = load_label_map(args.label_map)
-    segmenter = Segmenter.from_model_dir(args.model, device="cpu", options=SegmentOptions())
+    options = SegmentOptions(bf16=PRECISIONS[args.precision])
+    segmenter = Segmenter.from_model_dir(args.model, device="cpu", options=options)
     organs = segmenter.spec.organ_names
     liver = next(i for i, n in organs.items() if n == "liver")
     results: dict[str, dict] = {}
@@ -140,7 +145,8 @@ def main() -> None:
                 }
                 if case == "dicom" and mode == "replicate":
                     results[case]["dicom_seg"] = dicom_seg_check(seg, Path(tmp) / "dicom_out")
-    report = {"model": str(args.model), "slab_mm": SLAB_MM, "cases": results}
+    precision = segmenter.describe()["precision"]
+    report = {"model": str(args.model), "precision": precision, "slab_mm": SLAB_MM, "cases": results}
     emit_json(report, args.out, indent=1)
 
 

@@ -14,7 +14,7 @@ from segment_helpers import reoriented, small_phantom, swin_model_dir, write_nif
 from typer.testing import CliRunner
 
 from models.cli import app
-from models.inference import Segmenter, SegmentOptions
+from models.inference import Segmenter
 
 runner = CliRunner()
 SPACING = (4.0, 4.0, 5.0)  # not the scan's (5.4 x 5.4 x 6): both pipelines must resample and come back
@@ -43,8 +43,7 @@ def test_monai_bundle_run_gives_the_asa_segment_mask(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     monai_img = nib.load(str(tmp_path / "out" / "ct_seg.nii.gz"))
-    # the bundle runs fp32 (MONAI's evaluator autocasts on CUDA only): compare with asa segment --no-bf16
-    ours = Segmenter.from_model_dir(model, device="cpu", options=SegmentOptions(bf16=False)).segment(scan)
+    ours = Segmenter.from_model_dir(model, device="cpu").segment(scan)
 
     np.testing.assert_allclose(monai_img.affine, lps, atol=1e-5)
     theirs = np.asarray(monai_img.dataobj).squeeze()

@@ -1,8 +1,7 @@
 """The fast path (SDPA attention, cached window bias) is on by default: masks agree with MONAI's fp32 attention.
 
-bf16 autocast is added by default where the CPU runs bf16 natively (a trained model's masks agree with fp32 at
-Dice >= 0.99, bench/inference.py). On this worst case (a near-tie random model) they agree at Dice ~0.987,
-so here it is only checked not to break the masks (>= 0.97), and that the choice is the documented one.
+bf16 autocast is opt-in: on this worst case (a near-tie random model) its masks agree at Dice ~0.987,
+below the product's 0.99 bar, so it is only checked not to break the masks (>= 0.97) here.
 
 The model is a real SwinUNETR (feature size 12) whose output bias is centred on the median logits of
 this scan, so every class wins on a sizeable part of it and the argmax depends on the image: a
@@ -20,9 +19,9 @@ from monai.networks.nets import SwinUNETR
 from segment_helpers import dice, small_phantom, swin_model_dir, write_nifti
 
 from models.inference import Segmenter, SegmentOptions
-from models.inference.precision import cpu_has_native_bf16, use_bf16
 from models.inference.predict import CPU_STREAMS, predict_probabilities, window_streams
 from models.inference.preprocess import network_input
+from models.inference.segmenter import cpu_has_native_bf16
 from models.io.reader import load_ct
 from models.modeldir import Preprocessing
 
@@ -38,18 +37,15 @@ def test_fast_path_masks_agree_with_fp32(tmp_path: Path) -> None:
     model = swin_model_dir(tmp_path / "model", names=("liver", "spleen"), roi=64, spacing=SPACING, balance_on=sample)
     masks = {}
     for name, opts in {
-        "fp32": SegmentOptions(fast_path=False),  # the reference path: fp32 whatever the CPU
-        "sdpa": SegmentOptions(fast_path=True, bf16=False),
+        "fp32": SegmentOptions(fast_path=False),
+        "sdpa": SegmentOptions(fast_path=True),
         "bf16": SegmentOptions(fast_path=True, bf16=True),
-        "default": SegmentOptions(),
     }.items():
         result = Segmenter.from_model_dir(model, device="cpu", options=opts).segment(ct)
         masks[name] = result.labels
         warned = any("bf16" in w for w in result.warnings)
-        assert warned == (opts.bf16 is True and not cpu_has_native_bf16()), result.warnings  # emulated: ~10x slower
-        expected = "bf16" if name == "bf16" or (name == "default" and cpu_has_native_bf16()) else "fp32"
-        assert result.info["precision"] == expected, (name, result.info["precision"])
-    assert np.array_equal(masks["default"], masks["bf16" if cpu_has_native_bf16() else "sdpa"])
+        assert warned == (opts.bf16 and not cpu_has_native_bf16()), result.warnings  # emulated bf16 is ~10x slower
+        assert result.info["precision"] == ("bf16" if opts.bf16 else "fp32")  # report.json says what ran
     ref = masks["fp32"]
     counts = np.bincount(ref.ravel(), minlength=3) / ref.size
     assert counts.min() > 0.05, counts  # every class holds a real share: the test is not trivially passed
@@ -93,12 +89,3 @@ def test_streams_only_on_the_cpu_fast_path() -> None:
     assert window_streams(torch.device("cpu"), fast_path=False) == 1  # the fp32 reference stays MONAI's
     assert window_streams(torch.device("cuda"), fast_path=True) == 1
     assert window_streams(torch.device("cpu"), fast_path=True) == min(CPU_STREAMS, torch.get_num_threads())
-
-
-def test_precision_is_bf16_only_where_native_unless_asked() -> None:
-    cpu = torch.device("cpu")
-    assert use_bf16(None, cpu) == cpu_has_native_bf16()  # emulated bf16 (~10x slower) is never chosen by itself
-    assert use_bf16(None, cpu, fast_path=False) is False  # the fp32 reference path stays fp32
-    assert use_bf16(False, cpu) is False and use_bf16(True, cpu, fast_path=False) is True  # asked: obeyed
-    if not torch.cuda.is_available():
-        assert use_bf16(None, torch.device("meta")) is False  # no known bf16 units

@@ -64,8 +64,8 @@ def segment(
     split: bool = typer.Option(False, "--split", help="also one NIfTI mask per organ (organs/NAME.nii.gz)"),
     no_dicom_seg: bool = typer.Option(False, "--no-dicom-seg", help="no DICOM-SEG for DICOM input"),
     fast_path: bool = typer.Option(True, "--fast-path/--fp32", help="SDPA attention (cached bias) or MONAI's default"),
-    bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: where the device "
-                                     "has native bf16: AMX/AVX512-BF16 CPUs, recent GPUs)", show_default=False),
+    bf16: bool = typer.Option(False, "--bf16/--no-bf16", help="bf16 autocast (faster where the CPU has AMX or "
+                              "AVX512-BF16, masks less exact)"),
     sw_batch_size: int | None = typer.Option(None, "--sw-batch-size", help="windows per pass (default: from memory)"),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="write preview.png"),
 ) -> None:

@@ -1,11 +1,11 @@
 """What one segmentation run may change, independent of the model: a pydantic model the REST API can reuse.
 
 Defaults follow the Swin UNETR evaluation protocol (sliding window, overlap 0.5, gaussian blending); the
-fast path (scaled-dot-product attention with the window bias cached,
+fast path (scaled-dot-product attention with the window bias cached, fp32,
 :mod:`models.inference.window_attention`) is on because its masks agree with plain fp32
-(``tests/test_segment_fastpath.py`` checks Dice >= 0.99). On top of it, bf16 autocast is on where the
-device runs bf16 natively (:mod:`models.inference.precision`): a trained model's masks agree with fp32 at
-Dice >= 0.99 (``bench/inference.py``).
+(``tests/test_segment_fastpath.py`` checks Dice >= 0.99). bf16 autocast is opt-in: it makes the network
+~1.5x faster on a CPU with AMX, but on the trained real-sample model its masks agree with fp32 at mean Dice
+0.989 (real sample) and 0.958 (the thin DICOM series), below the 0.99 bar (docs/results.md).
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ class SegmentOptions(BaseModel):
     )
     tta: bool = Field(False, description="test-time mirroring: identity + a flip on each of the 3 axes, averaged")
     fast_path: bool = Field(True, description="SDPA attention, bias cached (MONAI's default attention if off)")
-    bf16: bool | None = Field(
-        None, description="bf16 autocast on the fast path; None: where the device has native bf16 (else fp32)"
-    )
+    bf16: bool = Field(False, description="bf16 autocast on top (faster on recent CPUs and GPUs, less exact)")
     sw_batch_size: int | None = Field(None, ge=1, description="windows per network pass; None: from free memory")
     crop_margin_mm: float = Field(20.0, ge=0.0, description="margin around the organs' region when cropping")
 

@@ -36,7 +36,6 @@ import models
 from models.data.spacing import Box, crop_affine
 from models.inference.memory import choose_batch
 from models.inference.options import SegmentOptions, resolve_organs
-from models.inference.precision import cpu_has_native_bf16, use_bf16
 from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities, window_streams
 from models.inference.preprocess import body_box, inference_spacing, network_input
 from models.inference.region import organ_box
@@ -162,7 +161,7 @@ class Segmenter:
         warnings: list[str] = list(ct.warnings)
         if opts.bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.append("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: ~10x slower than "
-                            "fp32 here (measured on an AVX2 EPYC); drop --bf16 (fp32 is then chosen by itself)")
+                            "fp32 here (measured on an AVX2 EPYC); drop --bf16")
 
         labels = self._canonical_labels(ct, opts, organ_ids, timings, info, warnings)
 
@@ -200,7 +199,7 @@ class Segmenter:
                 else platform.processor() or platform.machine()
             ),
             "options": opts.model_dump(mode="json"),
-            "precision": "bf16" if use_bf16(opts.bf16, self.device, opts.fast_path) else "fp32",
+            "precision": "bf16" if opts.bf16 else "fp32",
             "versions": _versions(),
         }
 
@@ -266,8 +265,7 @@ class Segmenter:
         with self._lock:
             probs = predict_probabilities(
                 self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
-                sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path,
-                bf16=use_bf16(opts.bf16, self.device, opts.fast_path),
+                sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
                 tta=opts.tta, aggregate_on_device=batch.aggregate_on_device, streams=streams,
             )
         del volume
@@ -309,6 +307,14 @@ class Segmenter:
             out |= {"series_uid": meta.get("series_uid"), "study_uid": meta.get("study_uid"),
                     "slices": len(meta.get("sop_instance_uids", []))}
         return out
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU; without it bf16 autocast is emulated and far slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
 
 
 def _versions() -> dict[str, str]:
