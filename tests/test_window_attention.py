@@ -94,6 +94,6 @@ def test_cache_size_is_what_the_memory_estimate_reserves() -> None:
     _, fast = _pair()
     with torch.inference_mode():
         fast(torch.rand(2, 1, *ROI))
-    cached = sum(entry[2].nbytes for m in _attention_modules(fast) for entry in m._bias_cache.values())
+    cached = sum(entry[2].nbytes for m in _attention_modules(fast) for entry in m._bias_cache.values())  # BiasLayout
     assert cached == window_bias_bytes(ROI)
-    assert 250e6 < window_bias_bytes((64, 64, 64)) < 350e6  # the cpu-demo model: the figure the docs quote
+    assert 80e6 < window_bias_bytes((64, 64, 64)) < 100e6  # the cpu-demo model: the figure the docs quote

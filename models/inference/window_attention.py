@@ -5,10 +5,11 @@ shifted-window mask and expands the sum to every window of the batch, a (batch x
 float tensor per shifted block (350 MB for two 64³ windows at the first stage), after ``BasicLayer`` has
 rebuilt that mask in a Python loop over 27 regions. With frozen weights and a fixed window size both are
 constants, so here they are computed once and reused by every window batch of a scan (and every scan of
-the same size), and SDPA runs once per image of the batch against the (windows, heads, n, n) bias instead
-of an expanded copy. The arithmetic is MONAI's (bias + mask, then SDPA with the same scale), so outputs are
-identical (``tests/test_window_attention.py``); two 64³ windows of the cpu-demo model take 1.05 s against
-1.25 s for MONAI's SDPA path on 2 CPU threads (``bench/network_profile.py``; ~10 % less at roi 96).
+the same size). Only the distinct mask patterns get a bias (at most 8: :class:`BiasLayout`), and SDPA runs
+once per pattern on that pattern's windows. The arithmetic is MONAI's (bias + mask, then SDPA with the same
+scale), so outputs are identical (``tests/test_window_attention.py``). Measured with
+``bench/network_profile.py`` (docs/results.md): faster than MONAI's SDPA path, and the first window batch
+no longer pays for building a 300 MB bias.
 
 Only the no-gradient SDPA path changes: with gradients on (training) or ``use_flash_attention`` off
 (the fp32 reference path), MONAI's own code runs.
@@ -57,16 +58,17 @@ class CachedBiasWindowAttention(swin_unetr.WindowAttention):
         b, n, c = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self._bias(n, mask, q.dtype)  # (windows, heads, n, n), or (1, heads, n, n) without a mask
-        step = b if mask is None else bias.shape[0]  # the batch holds whole images' windows in order
-        out = torch.cat([
-            F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step], attn_mask=bias,
-                                           dropout_p=0.0, scale=self.scale)
-            for i in range(0, b, step)
-        ])  # fmt: skip
+        layout = self._layout(n, mask, q.dtype)
+        if mask is None:  # one bias for every window of the batch, broadcast
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.biases[0], dropout_p=0.0, scale=self.scale)
+        else:  # the windows of each mask pattern together, against that pattern's bias
+            out = torch.empty_like(q)
+            for index, bias in zip(layout.windows_by_pattern(b), layout.biases, strict=True):
+                out[index] = F.scaled_dot_product_attention(q[index], k[index], v[index], attn_mask=bias,
+                                                            dropout_p=0.0, scale=self.scale)  # fmt: skip
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
-    def _bias(self, n: int, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    def _layout(self, n: int, mask: torch.Tensor | None, dtype: torch.dtype) -> BiasLayout:
         cache = self.__dict__.setdefault("_bias_cache", {})
         key = (n, dtype, mask is None)
         version = self.relative_position_bias_table._version
@@ -75,14 +77,47 @@ class CachedBiasWindowAttention(swin_unetr.WindowAttention):
             return hit[2]
         table = self.relative_position_bias_table
         rel = table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
-        windows = 1 if mask is None else mask.shape[0]
-        bias = torch.empty((windows, *rel.shape), dtype=dtype, device=rel.device)  # one pass, in the run's dtype
+        layout = BiasLayout.build(rel, mask, dtype)
+        cache[key] = (mask, version, layout)
+        return layout
+
+
+class BiasLayout:
+    """The distinct (1, heads, n, n) biases of one window layout, and which windows take which.
+
+    A shifted block's mask has one (n, n) slice per window, but only the windows on the last row of an
+    axis straddle the roll's seam, so the slices take at most 2**3 distinct values (interior, last in x,
+    ...). Grouping the windows by pattern keeps at most 8 biases instead of one per window (90 MB instead
+    of 310 MB for the cpu-demo model's 64³ windows, most of it at the third stage, whose 8 windows are 8
+    patterns; the first stage's 125 windows need 11 MB instead of 180 MB); each window's arithmetic is unchanged (bias + mask in fp32, then the run's dtype), so the
+    outputs are identical.
+    """
+
+    def __init__(self, biases: list[torch.Tensor], pattern_of_window: torch.Tensor | None) -> None:
+        self.biases = biases
+        self.pattern_of_window = pattern_of_window
+        self._positions: dict[int, list[torch.Tensor]] = {}
+
+    @classmethod
+    def build(cls, rel: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> BiasLayout:
+        """From the (heads, n, n) relative-position bias and the block's (windows, n, n) mask, if shifted."""
         if mask is None:
-            bias.copy_(rel.unsqueeze(0))
-        else:
-            torch.add(rel.unsqueeze(0), mask.unsqueeze(1).to(rel.dtype), out=bias)  # summed in fp32, then cast
-        cache[key] = (mask, version, bias)
-        return bias
+            return cls([rel.unsqueeze(0).to(dtype).contiguous()], None)
+        patterns, pattern_of_window = torch.unique(mask, dim=0, return_inverse=True)
+        biases = [(rel + pattern).unsqueeze(0).to(dtype).contiguous() for pattern in patterns]
+        return cls(biases, pattern_of_window)
+
+    def windows_by_pattern(self, batch: int) -> list[torch.Tensor]:
+        """Per pattern, its positions in a batch of ``batch`` windows (whole images' windows, in order)."""
+        if batch not in self._positions:
+            assert self.pattern_of_window is not None, "an unshifted block has one bias for all windows"
+            pattern = self.pattern_of_window[torch.arange(batch) % len(self.pattern_of_window)]
+            self._positions[batch] = [(pattern == p).nonzero().squeeze(1) for p in range(len(self.biases))]
+        return self._positions[batch]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.biases)
 
 
 def window_bias_bytes(
@@ -91,23 +126,21 @@ def window_bias_bytes(
     depths: tuple[int, ...] = (2, 2, 2, 2),
     window: int = 7,
 ) -> int:
-    """Bytes the cached float32 biases of a SwinUNETR hold for ``roi`` windows (see the module docstring).
+    """Bytes the cached float32 biases of a SwinUNETR hold for ``roi`` windows (see :class:`BiasLayout`).
 
     Stage ``i`` sees ``roi / 2**(i + 1)`` tokens per axis in windows of ``window`` (smaller where the
-    stage is smaller, and then unshifted, as MONAI's ``get_window_size``). Every other block is shifted;
-    its bias has one (heads, n, n) slice per window, an unshifted block's a single one. For the
-    cpu-demo model (roi 64) this is ~300 MB, for roi 96 ~700 MB: a constant of the model, where MONAI
-    builds the shifted part anew, and once per window of the batch, on every call.
+    stage is smaller, and then unshifted along that axis, as MONAI's ``get_window_size``). Every other
+    block is shifted; its mask takes 2 patterns along each shifted axis (interior windows and the last),
+    an unshifted block's one; each pattern holds a (heads, n, n) bias. For the cpu-demo model (roi 64)
+    this is ~90 MB, a constant of the model, where MONAI builds a bias per window on every call.
     """
     total = 0
     for stage, (heads, depth) in enumerate(zip(num_heads, depths, strict=True)):
         tokens = [r // 2 ** (stage + 1) for r in roi]
-        sizes = [min(window, t) for t in tokens]
-        shifted = any(t > window for t in tokens)
-        n = math.prod(sizes)
-        windows = math.prod(-(-t // w) for t, w in zip(tokens, sizes, strict=True))
+        n = math.prod(min(window, t) for t in tokens)
+        patterns = math.prod(2 if t > window else 1 for t in tokens)
         for block in range(depth):
-            total += (windows if shifted and block % 2 else 1) * heads * n * n * 4
+            total += (patterns if block % 2 else 1) * heads * n * n * 4
     return total
 
 
