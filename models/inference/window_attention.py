@@ -89,8 +89,8 @@ class BiasLayout:
     axis straddle the roll's seam, so the slices take at most 2**3 distinct values (interior, last in x,
     ...). Grouping the windows by pattern keeps at most 8 biases instead of one per window (90 MB instead
     of 310 MB for the cpu-demo model's 64³ windows, most of it at the third stage, whose 8 windows are 8
-    patterns; the first stage's 125 windows need 11 MB instead of 180 MB); each window's arithmetic is unchanged (bias + mask in fp32, then the run's dtype), so the
-    outputs are identical.
+    patterns; the first stage's 125 windows need 11 MB instead of 180 MB). Each window's arithmetic is
+    unchanged (bias + mask in fp32, then the run's dtype), so the outputs are identical.
     """
 
     def __init__(self, biases: list[torch.Tensor], pattern_of_window: torch.Tensor | None) -> None:
