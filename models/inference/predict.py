@@ -86,7 +86,7 @@ def predict_probabilities(
     softmax of each mirrored pass is mirrored back and averaged. Gradients are off, so SDPA attention with
     a cached bias (:mod:`models.inference.window_attention`) applies when ``fast_path`` switches it on
     (MONAI's default attention otherwise); ``bf16`` adds bf16 autocast (opt-in: its masks agree with fp32
-    at mean Dice 0.96-0.99 only, see :mod:`models.inference.options`); logits are blended in fp32 either way.
+    at mean Dice 0.98-0.99 only, see :mod:`models.inference.options`); logits are blended in fp32 either way.
     ``streams``: split each window batch over that many threads (:func:`window_streams`).
     """
     enable_fast_attention(network, fast_path)
