@@ -4,7 +4,7 @@ Defaults follow the Swin UNETR evaluation protocol (sliding window, overlap 0.5,
 fast path (scaled-dot-product attention with the window bias cached, fp32,
 :mod:`models.inference.window_attention`) is on because its masks agree with plain fp32
 (``tests/test_segment_fastpath.py`` checks Dice >= 0.99). bf16 autocast is opt-in: it makes the network
-~1.4x faster on a CPU with AMX, but on the trained real-sample model its masks agree with fp32 at mean Dice
+~1.5x faster on a CPU with AMX, but on the trained real-sample model its masks agree with fp32 at mean Dice
 0.989 (real sample) and 0.981 (512 x 512 x 300 CT), below the 0.99 bar (``bench/inference.py``,
 docs/results.md).
 """
