@@ -74,6 +74,18 @@ def test_output_is_on_the_input_grid_voxel_for_voxel(name: str, phantom, tmp_pat
     np.testing.assert_array_equal(np.asarray(img.dataobj), expected)
 
 
+def test_fast_runs_at_twice_the_spacing_on_the_input_grid_and_says_so(phantom, tmp_path: Path) -> None:
+    hu, _, affine = phantom
+    data, aff = reoriented(hu, affine, *ORIENTATIONS["LPS"])
+    result = _segmenter(fast=True).segment(write_nifti(tmp_path / "ct.nii.gz", data, aff))
+    assert result.labels.shape == data.shape
+    np.testing.assert_allclose(result.affine, aff)
+    assert result.info["passes"][0]["spacing"] == [2 * s for s in SPACING]
+    expected = threshold_labels(data, THRESHOLDS)
+    assert (result.labels == expected).mean() > 0.8  # coarser, but in place (a flipped axis would not be)
+    assert any("--fast" in w and "10.8 x 10.8 x 12 mm" in w for w in result.warnings), result.warnings
+
+
 def test_coarser_model_spacing_keeps_a_box_in_place(tmp_path: Path) -> None:
     """Model at 1.75x the scan's spacing: the mask of a box must come back where the box is.
 

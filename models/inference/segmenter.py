@@ -35,7 +35,7 @@ from torch import nn
 import models
 from models.data.spacing import Box, crop_affine
 from models.inference.memory import choose_batch
-from models.inference.options import SegmentOptions, resolve_organs
+from models.inference.options import FAST_SPACING_FACTOR, SegmentOptions, resolve_organs
 from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities, window_streams
 from models.inference.preprocess import body_box, inference_spacing, network_input
 from models.inference.region import organ_box
@@ -163,6 +163,10 @@ class Segmenter:
             warnings.append("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: ~10x slower than "
                             "fp32 here (measured on an AVX2 EPYC); drop --bf16")
 
+        if opts.fast:
+            mm = " x ".join(f"{s:g}" for s in inference_spacing(self.spec.preprocessing, True))
+            warnings.append(f"--fast runs the model at {FAST_SPACING_FACTOR:g}x the spacing it was trained at "
+                            f"({mm} mm): masks are coarser and can be far less accurate; compare with a full run")
         labels = self._canonical_labels(ct, opts, organ_ids, timings, info, warnings)
 
         t0 = time.perf_counter()
