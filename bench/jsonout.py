@@ -1,7 +1,7 @@
 """The one way every benchmark reports: JSON on stdout and, with ``--out``, the same JSON in a file.
 
 Every report carries the machine it was measured on (:func:`machine`): figures from different CPUs do
-not compare, and whether the CPU has native bf16 decides ``asa segment``'s precision.
+not compare, and whether the CPU has native bf16 decides whether ``--bf16`` is fast or emulated.
 """
 
 from __future__ import annotations

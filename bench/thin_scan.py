@@ -145,8 +145,7 @@ def main() -> None:
                 }
                 if case == "dicom" and mode == "replicate":
                     results[case]["dicom_seg"] = dicom_seg_check(seg, Path(tmp) / "dicom_out")
-    precision = segmenter.describe()["precision"]
-    report = {"model": str(args.model), "precision": precision, "slab_mm": SLAB_MM, "cases": results}
+    report = {"model": str(args.model), "precision": args.precision, "slab_mm": SLAB_MM, "cases": results}
     emit_json(report, args.out, indent=1)
 
 
