@@ -24,7 +24,16 @@ from models.cli import app
 from models.data.datasets import Case, Dataset, load_dataset
 from models.data.labels import BTCV_LABELS
 from models.finetune.config import PRESETS, FinetuneConfig, build_finetune_config
-from models.finetune.data import PairStore, TrainCrops, cached_pair, collate, split_cases, step_items
+from models.finetune.data import (
+    PairStore,
+    TrainCrops,
+    cached_pair,
+    coarse_data_config,
+    collate,
+    draws_coarse,
+    split_cases,
+    step_items,
+)
 from models.finetune.evaluate import evaluate
 from models.finetune.labels import MAPS_DIR, apply_label_map, load_label_map, model_labels
 from models.finetune.trainer import _stores
@@ -278,10 +287,12 @@ def test_cache_ram_and_disk_give_the_same_data(tmp_path: Path, phantom_dir: Path
     one = sum(p.stat().st_size for p in entries[0]) / 2**20
     both = sum(p.stat().st_size for pair in entries for p in pair) / 2**20
     assert one < both * 0.75
-    train, val = _stores(entries[:1], entries[1:], both * 0.75)
-    assert not train.in_ram and not val.in_ram
-    train, val = _stores(entries[:1], entries[1:], both)
+    train, val, coarse = _stores(entries[:1], entries[1:], None, both * 0.75)
+    assert not train.in_ram and not val.in_ram and coarse is None
+    train, val, _ = _stores(entries[:1], entries[1:], None, both)
     assert train.in_ram and val.in_ram
+    train, val, coarse = _stores(entries[:1], entries[1:], entries[:1], both)  # the coarse copy counts too
+    assert coarse is not None and not (train.in_ram or val.in_ram or coarse.in_ram)
     img, lab = ram.image(0), ram.label(0)
     assert img.shape == lab.shape and img.shape[0] == 1 and img.dtype == torch.float32
     assert 0.0 <= img.min() and img.max() <= 1.0
@@ -316,6 +327,30 @@ def test_train_crops_are_seeded(tmp_path: Path, phantom_dir: Path) -> None:
     assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c, strict=True))
     images, labels = collate([a, c])
     assert images.shape == labels.shape == (6, 1, 64, 64, 64)
+
+
+def test_coarse_crops_come_from_the_case_at_the_fast_spacing(tmp_path: Path, phantom_dir: Path) -> None:
+    cfg = small_cfg(tmp_path / "cache", "data.num_samples=1", "data.coarse_prob=0.5")
+    coarse_cfg = coarse_data_config(cfg.data)
+    assert coarse_cfg.spacing == tuple(2 * s for s in cfg.data.spacing) and coarse_cfg.coarse_prob == 0.5
+    case = load_dataset(phantom_dir).cases[0]
+    fine = PairStore([cached_pair(case, cfg.data, None, 14, tmp_path / "cache")], 64)
+    coarse = PairStore([cached_pair(case, coarse_cfg, None, 14, tmp_path / "cache")], 64)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # its own cache entry
+    # half the voxels per axis over the same body (the foreground crop's edge may move by a few fine voxels)
+    assert all(abs(f - 2 * c) <= 4 for f, c in zip(fine.image(0).shape[1:], coarse.image(0).shape[1:], strict=True))
+    draws = [draws_coarse(seed, 0.5) for seed in range(400)]
+    assert draws == [draws_coarse(seed, 0.5) for seed in range(400)]  # a function of the seed
+    assert 0.4 < np.mean(draws) < 0.6 and not any(draws_coarse(seed, 0.0) for seed in range(400))
+    # the same transforms on the other store: a coarse item is the coarse volume's crop, a fine item the fine one's
+    plain = cfg.data.model_copy(update={"coarse_prob": 0.0})
+    mixed = TrainCrops(fine, cfg.data, coarse=coarse)
+    only_fine, only_coarse = TrainCrops(fine, plain), TrainCrops(coarse, plain)
+    for seed in (draws.index(True), draws.index(False)):
+        expected = (only_coarse if draws[seed] else only_fine)[(0, seed)][0]
+        assert torch.equal(mixed[(0, seed)][0]["image"], expected["image"])
+    with pytest.raises(ValueError, match="coarse copy"):
+        TrainCrops(fine, cfg.data)
 
 
 # -- 6. Dice -----------------------------------------------------------------------------------------

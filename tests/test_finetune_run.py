@@ -1,5 +1,5 @@
 """Integration tests of finetuning runs: the model directory a run leaves, exact resume (from a RAM and
-a disk cache alike), SIGTERM, torchrun with two processes.
+a disk cache alike), SIGTERM, torchrun with two processes (multi-scale).
 
 A feature-size-12 network, 64³ crops (one per step), four 64 x 64 x 32 phantoms resampled to 6 x 6 x 8 mm
 (one validation case), three steps: each step costs a few seconds on two CPU cores.
@@ -207,7 +207,8 @@ def test_torchrun_two_processes(tmp_path: Path, phantom_dir: Path, cache_dir: Pa
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "models.cli",
-        *cli_args(phantom_dir, run, "none", 2, cache_dir, "--n-train", "2", "--set", "batch_size=2"),
+        *cli_args(phantom_dir, run, "none", 2, cache_dir, "--n-train", "2", "--set", "batch_size=2",
+                  "--set", "data.coarse_prob=0.5"),
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, env=child_env(1), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
@@ -220,3 +221,6 @@ def test_torchrun_two_processes(tmp_path: Path, phantom_dir: Path, cache_dir: Pa
     assert json.loads((run / "transfer.json").read_text())["summary"]["transferred"] == 0
     _, spec = load_model(run)
     assert spec.provenance["pretrained"] == "none" and spec.metrics["step"] == 2
+    # multi-scale: the model says it knows the fast spacing (and the ranks agreed on the weights, above)
+    assert spec.preprocessing.trained_fast and spec.preprocessing.fast_spacing == (12.0, 12.0, 16.0)
+    assert "multi-scale: 50% of the volumes cropped at the fast spacing, 12 x 12 x 16 mm" in res.stderr

@@ -41,8 +41,9 @@ def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return small_phantom()
 
 
-def _segmenter(spacing=SPACING, **options) -> Segmenter:
+def _segmenter(spacing=SPACING, trained_fast: bool = False, **options) -> Segmenter:
     spec = threshold_spec(["soft tissue", "dense"], spacing)
+    spec.preprocessing.trained_fast = trained_fast
     return Segmenter(ThresholdNet(THRESHOLDS), spec, device="cpu", options=SegmentOptions(**options))
 
 
@@ -84,6 +85,10 @@ def test_fast_runs_at_twice_the_spacing_on_the_input_grid_and_says_so(phantom, t
     expected = threshold_labels(data, THRESHOLDS)
     assert (result.labels == expected).mean() > 0.8  # coarser, but in place (a flipped axis would not be)
     assert any("--fast" in w and "10.8 x 10.8 x 12 mm" in w for w in result.warnings), result.warnings
+    # a model trained at the fast spacing too (finetune data.coarse_prob > 0) runs there without the warning
+    trained = _segmenter(fast=True, trained_fast=True).segment(write_nifti(tmp_path / "ct.nii.gz", data, aff))
+    np.testing.assert_array_equal(trained.labels, result.labels)
+    assert not any("--fast" in w for w in trained.warnings), trained.warnings
 
 
 def test_coarser_model_spacing_keeps_a_box_in_place(tmp_path: Path) -> None:
@@ -128,7 +133,7 @@ def test_organs_only_those_labels_cropped_to_their_region(phantom, tmp_path: Pat
     full = _segmenter().segment(path)
     # The coarse locating pass (2x the spacing) blurs before resampling, which thins the ribs below
     # ThresholdNet's dense threshold; a wider margin keeps them in the box (a real model needs no such help).
-    only = _segmenter(organs=("Dense",), crop_margin_mm=40.0).segment(path)
+    only = _segmenter(organs=("Dense",), crop_margin_mm=40.0, trained_fast=True).segment(path)
     assert set(only.label_info) == {0, 2}
     np.testing.assert_array_equal(only.labels, np.where(full.labels == 2, 2, 0))
     crop = only.info["crop"]
@@ -136,6 +141,17 @@ def test_organs_only_those_labels_cropped_to_their_region(phantom, tmp_path: Pat
     assert [o["name"] for o in only.stats["organs"]] == ["dense"]
     assert len(only.info["passes"]) == 2  # coarse locating pass + fine pass on the box
     assert only.info["passes"][1]["input_shape"][2] < hu.shape[2]
+
+
+def test_organs_of_a_model_not_trained_at_the_fast_spacing_are_not_cropped(phantom, tmp_path: Path) -> None:
+    """Its locating pass could miss part of an organ and the box would cut it off: one fine pass instead."""
+    hu, _, affine = phantom
+    path = write_nifti(tmp_path / "ct.nii.gz", hu, affine)
+    full = _segmenter().segment(path)
+    only = _segmenter(organs=("dense",)).segment(path)
+    np.testing.assert_array_equal(only.labels, np.where(full.labels == 2, 2, 0))
+    assert len(only.info["passes"]) == 1 and only.info["passes"][0]["input_shape"] == list(hu.shape)
+    assert "not trained at the fast spacing" in only.info["crop"]
 
 
 def test_unknown_organ_is_named() -> None:

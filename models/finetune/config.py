@@ -63,6 +63,11 @@ class FinetuneDataConfig(_Strict):
         0.0, ge=0.0, le=1.0, description="probability a crop keeps only a random slab of slices along z (thin scans)"
     )
     slab_min_slices: int = Field(4, ge=1, description="thinnest slab kept by slab_prob, in slices")
+    coarse_prob: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="probability a volume's crops come from it preprocessed at the fast spacing (2x), so the model "
+        "also serves `asa segment --fast` and locates organs for --organs",
+    )
     val_count: int | None = Field(None, ge=0, description="cases held out for validation (overrides val_fraction)")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of cases held out for validation")
     cache_dir: Path | None = Field(None, description="where preprocessed cases are cached (default: RUN/cache)")

@@ -47,6 +47,7 @@ from models.data.labels import normalise_organ_name
 from models.data.transforms import THIN_SCAN_PADDING, RandContrastPhased, RandSlabd, anti_alias
 from models.finetune.config import FinetuneConfig, FinetuneDataConfig
 from models.finetune.labels import apply_label_map
+from models.modeldir import FAST_SPACING_FACTOR
 from models.training import step_seed
 
 log = logging.getLogger(__name__)
@@ -246,11 +247,37 @@ def train_transforms(cfg: FinetuneDataConfig, offsets: dict[int, float] | None =
     )
 
 
-class TrainCrops(TorchDataset):
-    """Maps an :data:`Item` to ``num_samples`` augmented (image, label) crops of one case."""
+def coarse_data_config(cfg: FinetuneDataConfig) -> FinetuneDataConfig:
+    """``cfg`` at the fast spacing (:data:`models.modeldir.FAST_SPACING_FACTOR` times it): a cache of its own."""
+    return cfg.model_copy(update={"spacing": tuple(s * FAST_SPACING_FACTOR for s in cfg.spacing)})
 
-    def __init__(self, store: PairStore, cfg: FinetuneDataConfig, offsets: dict[int, float] | None = None) -> None:
-        self.store, self.cfg = store, cfg
+
+def draws_coarse(seed: int, prob: float) -> bool:
+    """Whether the item of augmentation seed ``seed`` is cropped from the coarse copy of its case.
+
+    A pure function of the seed, like every other augmentation, so resumed runs see the same batches.
+    """
+    return prob > 0 and np.random.default_rng([seed, 0xC0A55E]).random() < prob
+
+
+class TrainCrops(TorchDataset):
+    """Maps an :data:`Item` to ``num_samples`` augmented (image, label) crops of one case.
+
+    With ``coarse`` (the same cases preprocessed by :func:`coarse_data_config`), a share ``coarse_prob``
+    of the items is cropped from there instead: multi-scale training, so the model also works at the
+    spacing ``asa segment --fast`` uses.
+    """
+
+    def __init__(
+        self,
+        store: PairStore,
+        cfg: FinetuneDataConfig,
+        offsets: dict[int, float] | None = None,
+        coarse: PairStore | None = None,
+    ) -> None:
+        if cfg.coarse_prob > 0 and (coarse is None or len(coarse) != len(store)):
+            raise ValueError("data.coarse_prob > 0 needs the coarse copy of every training case")
+        self.store, self.cfg, self.coarse = store, cfg, coarse
         self.transforms = train_transforms(cfg, offsets)
 
     def __len__(self) -> int:
@@ -258,8 +285,9 @@ class TrainCrops(TorchDataset):
 
     def __getitem__(self, item: Item) -> list[dict[str, torch.Tensor]]:
         case, seed = item
+        store = self.coarse if self.coarse is not None and draws_coarse(seed, self.cfg.coarse_prob) else self.store
         self.transforms.set_random_state(seed=seed % 2**32)
-        crops = self.transforms({"image": self.store.image(case), "label": self.store.label(case)})
+        crops = self.transforms({"image": store.image(case), "label": store.label(case)})
         return [{k: torch.as_tensor(v).as_subclass(torch.Tensor).contiguous() for k, v in c.items()} for c in crops]
 
 

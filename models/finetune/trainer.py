@@ -29,8 +29,16 @@ import models
 from models.asa.schedules import warmup_cosine
 from models.config import save_config
 from models.data.datasets import Case
-from models.finetune.config import FinetuneConfig
-from models.finetune.data import PairStore, StepSampler, TrainCrops, cached_pair, collate, contrast_offsets
+from models.finetune.config import FinetuneConfig, FinetuneDataConfig
+from models.finetune.data import (
+    PairStore,
+    StepSampler,
+    TrainCrops,
+    cached_pair,
+    coarse_data_config,
+    collate,
+    contrast_offsets,
+)
 from models.finetune.evaluate import evaluate
 from models.finetune.transfer import TransferReport, load_teacher_state, random_init_report, transfer_weights
 from models.modeldir import LabelInfo, ModelSpec, Preprocessing, SegNetwork, save_model
@@ -88,7 +96,8 @@ def model_spec(
             feature_size=cfg.network.feature_size, depths=cfg.network.depths, num_heads=cfg.network.num_heads
         ),
         preprocessing=Preprocessing(
-            spacing=cfg.data.spacing, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, roi=(cfg.data.roi,) * 3
+            spacing=cfg.data.spacing, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, roi=(cfg.data.roi,) * 3,
+            trained_fast=cfg.data.coarse_prob > 0,
         ),
         provenance=provenance,
         metrics=metrics,
@@ -96,8 +105,8 @@ def model_spec(
 
 
 def _prepare(
-    cases: list[Case], cfg: FinetuneConfig, mapping: dict[int, int] | None, n_labels: int, cache_dir: Path, ctx: Dist,
-    show: bool, what: str,
+    cases: list[Case], data: FinetuneDataConfig, mapping: dict[int, int] | None, n_labels: int, cache_dir: Path,
+    ctx: Dist, show: bool, what: str,
 ) -> list[tuple[Path, Path]]:  # fmt: skip
     """Preprocess every case once (main process first; the others then find the cache filled)."""
     from tqdm.auto import tqdm
@@ -105,20 +114,23 @@ def _prepare(
     entries: list[tuple[Path, Path]] = []
     if ctx.main:
         bar = tqdm(cases, f"preprocessing {what}", disable=not show)
-        entries = [cached_pair(c, cfg.data, mapping, n_labels, cache_dir) for c in bar]
+        entries = [cached_pair(c, data, mapping, n_labels, cache_dir) for c in bar]
     ctx.barrier()
     if not ctx.main:
-        entries = [cached_pair(c, cfg.data, mapping, n_labels, cache_dir) for c in cases]
+        entries = [cached_pair(c, data, mapping, n_labels, cache_dir) for c in cases]
     return entries
 
 
+Entries = list[tuple[Path, Path]]
+
+
 def _stores(
-    train: list[tuple[Path, Path]], val: list[tuple[Path, Path]], budget_mb: float
-) -> tuple[PairStore, PairStore]:
-    """Training and validation data share one RAM budget: both in RAM, or both memory-mapped."""
-    nbytes = sum(p.stat().st_size for pair in train + val for p in pair)
+    train: Entries, val: Entries, coarse: Entries | None, budget_mb: float
+) -> tuple[PairStore, PairStore, PairStore | None]:
+    """Training (fine and coarse) and validation data share one RAM budget: all in RAM, or all memory-mapped."""
+    nbytes = sum(p.stat().st_size for pair in train + val + (coarse or []) for p in pair)
     budget = budget_mb if nbytes <= budget_mb * 2**20 else 0.0
-    return PairStore(train, budget), PairStore(val, budget)
+    return PairStore(train, budget), PairStore(val, budget), PairStore(coarse, budget) if coarse is not None else None
 
 
 def _labels_of(raw: dict[Any, Any]) -> dict[int, LabelInfo]:
@@ -167,11 +179,16 @@ def finetune(
 
     # ---- data ----
     cache_dir = cfg.data.cache_dir or out / "cache"
-    train_store, val_store = _stores(
-        _prepare(train_cases, cfg, mapping, n_labels, cache_dir, ctx, progress, "training cases"),
-        _prepare(val_cases, cfg, mapping, n_labels, cache_dir, ctx, progress, "validation cases"),
+    train_store, val_store, coarse_store = _stores(
+        _prepare(train_cases, cfg.data, mapping, n_labels, cache_dir, ctx, progress, "training cases"),
+        _prepare(val_cases, cfg.data, mapping, n_labels, cache_dir, ctx, progress, "validation cases"),
+        _prepare(train_cases, coarse_data_config(cfg.data), mapping, n_labels, cache_dir, ctx, progress,
+                 "training cases at the fast spacing") if cfg.data.coarse_prob > 0 else None,
         cfg.data.cache_ram_mb,
     )
+    if coarse_store is not None:
+        log.info("multi-scale: %g%% of the volumes cropped at the fast spacing, %s mm",
+                 100 * cfg.data.coarse_prob, " x ".join(f"{s:g}" for s in coarse_data_config(cfg.data).spacing))
     total = cfg.steps
 
     # ---- network, transfer, optimiser, schedule ----
@@ -248,7 +265,7 @@ def finetune(
         return figures
 
     loader = DataLoader(
-        TrainCrops(train_store, cfg.data, contrast_offsets(cfg.data, organ_names)),
+        TrainCrops(train_store, cfg.data, contrast_offsets(cfg.data, organ_names), coarse_store),
         batch_sampler=StepSampler(
             len(train_store), cfg.batch_size, cfg.seed, start, min(total, stop_at or total), ctx.rank, ctx.world
         ),

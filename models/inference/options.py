@@ -14,12 +14,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.data.labels import normalise_organ_name
-from models.modeldir import ModelSpec
-
-FAST_SPACING_FACTOR = 2.0
-"""``fast=True`` resamples to this multiple of the model's spacing (1.5x1.5x2 mm -> 3x3x4 mm): about 8x fewer
-voxels and windows. The network was trained at the finer spacing, so masks are coarser and less accurate,
-as with TotalSegmentator's ``--fast``; use it for previews, volumes of large organs, or to locate organs."""
+from models.modeldir import FAST_SPACING_FACTOR, ModelSpec
 
 
 class SegmentOptions(BaseModel):

@@ -14,15 +14,13 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from models.config import DataConfig
 from models.data.spacing import Box
 from models.data.transforms import preprocess
-from models.inference.options import FAST_SPACING_FACTOR
 from models.io.reader import CTImage, SourceSpace
 from models.modeldir import Preprocessing
 
 
 def inference_spacing(prep: Preprocessing, fast: bool) -> tuple[float, float, float]:
-    """The model's spacing, or :data:`FAST_SPACING_FACTOR` times it with ``fast``."""
-    factor = FAST_SPACING_FACTOR if fast else 1.0
-    return (prep.spacing[0] * factor, prep.spacing[1] * factor, prep.spacing[2] * factor)
+    """The model's spacing, or its ``--fast`` spacing (:attr:`Preprocessing.fast_spacing`)."""
+    return prep.fast_spacing if fast else prep.spacing
 
 
 def network_input(
