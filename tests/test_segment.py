@@ -27,10 +27,11 @@ from segment_helpers import (
 from models.inference import Segmenter, SegmentOptions, write_outputs
 from models.inference.memory import CPU_MAX_BATCH, choose_batch, window_bytes
 from models.inference.options import resolve_organs
-from models.inference.preview import save_preview
+from models.inference.preview import _planes, save_preview
 from models.inference.resample import resample_labels, resample_labels_interpolated
 from models.inference.stats import label_boxes, organ_stats, stats_csv
 from models.io.reader import load_ct
+from models.modeldir import LabelInfo
 
 THRESHOLDS = (0.5, 150.5)  # between integer HU values: no ties
 SPACING = (5.4, 5.4, 6.0)  # the phantom's own spacing: Spacing is the identity, so the answer is exact
@@ -309,6 +310,28 @@ def test_written_files(phantom, tmp_path: Path) -> None:
     save_preview(ct.array, result.canonical_labels(), ct.spacing, result.label_info, tmp_path / "again.png",
                  title=f"scan.nii.gz  (LPS {'x'.join(map(str, ct.source.shape))})")  # fmt: skip
     assert (tmp_path / "again.png").read_bytes() == (out / "preview.png").read_bytes()
+
+
+def test_preview_is_radiological_with_the_organ_colour_blended(tmp_path: Path) -> None:
+    """An organ at the patient's right, anterior and superior shows top-left in all three planes."""
+    from PIL import Image
+
+
+    hu = np.full((40, 30, 20), 40.0, dtype=np.float32)  # the window's level: mid grey
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    labels[30:, 20:, 14:] = 1  # RAS: high i = right, high j = anterior, high k = superior
+    for name, img, lab, *_ in _planes(hu, labels, np.array([35, 25, 17])):
+        rows, cols = np.nonzero(lab)
+        assert img.shape == lab.shape
+        assert rows.max() < lab.shape[0] / 2 and cols.max() < lab.shape[1] / 2, name
+    info = {0: LabelInfo(name="background"), 1: LabelInfo(name="liver", color=(255, 0, 0))}
+    path = save_preview(hu, labels, (1.0, 2.0, 3.0), info, tmp_path / "p.png", title="t", present={1})
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    blended = np.round(128 * (1 - 0.45) + np.array([255, 0, 0]) * 0.45)  # grey 127.5 under 45 % red
+    hit = np.all(np.abs(rgb - blended) <= 2, axis=-1)
+    assert hit.sum() > 100  # three panels' worth of organ (plus the legend's swatch is pure red, not blended)
+    grey = np.all(np.abs(rgb - 128) <= 1, axis=-1)
+    assert grey.sum() > 10 * hit.sum()  # the rest of the slices: the window's level
 
 
 def test_device_errors_are_named() -> None:

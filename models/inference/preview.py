@@ -5,6 +5,11 @@ the picture shows organs, not air; images follow the radiological convention cli
 right on the image's left, anterior up in axial views, superior up otherwise) and keep the physical
 aspect ratio; the soft-tissue window (W 400 / L 40) is the abdominal default; the legend names every
 organ that was found, with its colour.
+
+Why Pillow and not matplotlib: the picture is three blended slices, some text and a legend, and every
+scan gets one. Drawn with Pillow it takes ~0.05 s; matplotlib's figure, layout and text engine took
+0.74 s on a 512 x 512 x 300 scan, a third of all the work around the network. The font is the one built
+into Pillow, so nothing is looked up on the system or fetched.
 """
 
 from __future__ import annotations
@@ -12,33 +17,55 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # the backend is chosen before pyplot is imported
 import numpy as np
-from matplotlib.patches import Patch
+from PIL import Image, ImageDraw, ImageFont
 
 from models.inference.stats import label_boxes
 from models.modeldir import LabelInfo
 
 WINDOW_LEVEL = (400.0, 40.0)
 ALPHA = 0.45
+PANEL_HEIGHT = 420  # pixels of the tallest physical extent; the others keep their aspect ratio
+MARGIN, TITLE_H, LEGEND_ROW_H, LEGEND_COLUMNS = 12, 30, 22, 7
+MARKER_COLOUR = (255, 255, 0)
 
 
 def _planes(
     hu: np.ndarray, labels: np.ndarray, centre: np.ndarray
-) -> list[tuple[str, np.ndarray, np.ndarray, int, int]]:
-    """(title, HU image, label image, row axis, column axis) per plane, in display orientation.
+) -> list[tuple[str, np.ndarray, np.ndarray, int, int, tuple[str, str]]]:
+    """(title, HU image, label image, row axis, column axis, (left, right) markers) per plane, as displayed.
 
     Canonical arrays are RAS+: i grows towards the patient's right, j anterior, k superior. Radiological
     display puts the patient's right on the image's left, so columns run from high i to low i.
     """
     i, j, k = (int(c) for c in centre)
-    axial = (hu[::-1, ::-1, k].T, labels[::-1, ::-1, k].T, 1, 0)  # rows: anterior -> posterior; cols: R -> L
-    coronal = (hu[::-1, j, ::-1].T, labels[::-1, j, ::-1].T, 2, 0)  # rows: superior -> inferior; cols: R -> L
-    sagittal = (hu[i, ::-1, ::-1].T, labels[i, ::-1, ::-1].T, 2, 1)  # rows: superior -> inferior; cols: A -> P
+    axial = (hu[::-1, ::-1, k].T, labels[::-1, ::-1, k].T, 1, 0, ("R", "L"))  # rows: A -> P; cols: R -> L
+    coronal = (hu[::-1, j, ::-1].T, labels[::-1, j, ::-1].T, 2, 0, ("R", "L"))  # rows: S -> I; cols: R -> L
+    sagittal = (hu[i, ::-1, ::-1].T, labels[i, ::-1, ::-1].T, 2, 1, ("A", "P"))  # rows: S -> I; cols: A -> P
     return [("axial", *axial), ("coronal", *coronal), ("sagittal", *sagittal)]
+
+
+def _centre(labels: np.ndarray) -> np.ndarray:
+    """Per axis, the mean index of the slices that hold a segmented voxel (the volume's centre if none)."""
+    centre = np.array([(s - 1) / 2 for s in labels.shape])
+    for axis in range(3):
+        occupied = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
+        if occupied.size == 0:
+            return np.array([(s - 1) / 2 for s in labels.shape])
+        centre[axis] = occupied.mean()
+    return centre
+
+
+def _blend(hu: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(rows, cols, 3) uint8: the windowed slice in grey, each labelled pixel mixed with its colour."""
+    width, level = WINDOW_LEVEL
+    grey = np.clip((hu - (level - width / 2)) * (255.0 / width), 0, 255).astype(np.float32)[..., None]
+    a = alpha[labels][..., None]
+    return (grey * (1 - a) + colours[labels] * a + 0.5).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
 
 
 def save_preview(
@@ -55,42 +82,48 @@ def save_preview(
     ``present``: the label ids found, for the legend, when the caller knows them (the statistics do):
     finding them again is a pass over the whole map, 0.35 s on 512 x 512 x 300.
     """
-    fg = labels > 0
-    centre = np.array([(s - 1) / 2 for s in labels.shape])
-    if fg.any():
-        centre = np.array([np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != ax))).mean()
-                           for ax in range(3)])
-    width, level = WINDOW_LEVEL
-    lut = np.zeros((256, 4), dtype=np.float32)
+    colours = np.zeros((256, 3), dtype=np.float32)
+    alpha = np.zeros(256, dtype=np.float32)
     for i, info in label_info.items():
         if i:
-            lut[i, :3] = np.asarray(info.color, dtype=np.float32) / 255.0
-            lut[i, 3] = ALPHA
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), facecolor="black")
-    for ax, (name, img, lab, row_axis, col_axis) in zip(axes, _planes(hu, labels, centre), strict=True):
-        extent = (0, img.shape[1] * spacing[col_axis], img.shape[0] * spacing[row_axis], 0)
-        ax.imshow(img, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, extent=extent,
-                  interpolation="nearest")
-        ax.imshow(lut[lab], extent=extent, interpolation="nearest")
-        ax.set_title(name, color="white")
-        ax.axis("off")
-        if name != "sagittal":
-            ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=12, va="center")
-            ax.text(0.99, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=12, va="center", ha="right")
-        else:
-            ax.text(0.01, 0.5, "A", color="yellow", transform=ax.transAxes, fontsize=12, va="center")
-            ax.text(0.99, 0.5, "P", color="yellow", transform=ax.transAxes, fontsize=12, va="center", ha="right")
+            colours[i], alpha[i] = info.color, ALPHA
+    planes = _planes(hu, labels, _centre(labels))
+    tallest = max(img.shape[0] * spacing[row] for _, img, _, row, _, _ in planes)
+    scale = PANEL_HEIGHT / tallest  # pixels per mm, the same in every panel
+    panels = []
+    for name, img, lab, row_axis, col_axis, markers in planes:
+        size = (max(1, round(img.shape[1] * spacing[col_axis] * scale)),
+                max(1, round(img.shape[0] * spacing[row_axis] * scale)))  # fmt: skip
+        rgb = Image.fromarray(_blend(img, lab, colours, alpha), "RGB").resize(size, Image.Resampling.BILINEAR)
+        panels.append((name, rgb, markers))
+
     if present is None:
         present = {i + 1 for i, box in enumerate(label_boxes(labels)) if box is not None}  # no int64 copy
-    handles = [Patch(facecolor=np.asarray(info.color) / 255.0, label=f"{i} {info.name}")
-               for i, info in label_info.items() if i and i in present]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False,
-                   labelcolor="white", fontsize=9)
+    legend = [(i, info) for i, info in label_info.items() if i and i in present]
+    legend_rows = -(-len(legend) // LEGEND_COLUMNS)
+    top = MARGIN + (TITLE_H if title else 0)
+    width = MARGIN + sum(p.width + MARGIN for _, p, _ in panels)
+    height = top + TITLE_H + PANEL_HEIGHT + MARGIN + legend_rows * LEGEND_ROW_H + (MARGIN if legend else 0)
+    canvas = Image.new("RGB", (width, height), "black")
+    draw = ImageDraw.Draw(canvas)
+    text, small = _font(16), _font(13)
     if title:
-        fig.suptitle(title, color="white")
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+        draw.text((width / 2, MARGIN), title, fill="white", font=text, anchor="mt")
+    x = MARGIN
+    for name, panel, (left, right) in panels:
+        y = top + TITLE_H
+        draw.text((x + panel.width / 2, top + TITLE_H / 2), name, fill="white", font=text, anchor="mm")
+        canvas.paste(panel, (x, y))
+        mid = y + panel.height / 2
+        draw.text((x + 4, mid), left, fill=MARKER_COLOUR, font=text, anchor="lm")
+        draw.text((x + panel.width - 4, mid), right, fill=MARKER_COLOUR, font=text, anchor="rm")
+        x += panel.width + MARGIN
+    column_w = (width - 2 * MARGIN) / LEGEND_COLUMNS
+    for n, (i, info) in enumerate(legend):
+        lx = MARGIN + (n % LEGEND_COLUMNS) * column_w
+        ly = top + TITLE_H + PANEL_HEIGHT + MARGIN + (n // LEGEND_COLUMNS) * LEGEND_ROW_H
+        draw.rectangle((lx, ly + 3, lx + 14, ly + 17), fill=tuple(info.color))
+        draw.text((lx + 20, ly + 10), f"{i} {info.name}", fill="white", font=small, anchor="lm")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, facecolor="black")
-    plt.close(fig)
+    canvas.save(path, format="PNG", compress_level=3)
     return path
