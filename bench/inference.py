@@ -10,9 +10,10 @@ process's wall time and peak RSS (``os.wait4``) and repeats the whole comparison
 
 Cases: the real sample's ``example_ct.nii.gz`` (TotalSegmentator's reference CT, 122 x 101 x 112 at 3 mm)
 and the same anatomy at clinical size, 512 x 512 x 300 (``bench/large_ct.py``: interpolated to 0.7 mm,
-noise added, stored LPS), so that a model trained on CT recognises what it sees in both. ``--fast`` is
-timed on the large CT as well, and ``--bf16`` (opt-in; fast on CPUs with AMX or AVX512-BF16) on both, with
-its agreement against the fp32 baseline and against ``asa segment``'s fp32 mask.
+noise added, stored LPS), so that a model trained on CT recognises what it sees in both. ``--fast`` and
+``--organs liver`` are timed on the large CT as well (each with its agreement with the full pass; whether
+``--organs`` cropped to the organ's box is recorded), and ``--bf16`` (opt-in; fast on CPUs with AMX or
+AVX512-BF16) on both, with its agreement against the fp32 baseline and against ``asa segment``'s fp32 mask.
 The model is ``--model RUN`` or, by default, a feature-size-12 BTCV-layout Swin UNETR with random weights
 (speed and memory do not depend on the weights; agreement is stricter on a trained model).
 
@@ -147,13 +148,16 @@ def default_model(workdir: Path, feature_size: int = 12) -> Path:
     return save_model(workdir / f"model-random-fs{feature_size}", build_segmentation_network(spec), spec)
 
 
+ORGANS_CASE = "liver"  # `--organs liver`, timed on the large CT with --fast: the organ-box route
+
+
 def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
             with_fast: bool, with_bf16: bool = True, baseline_blur: bool = False,
             device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     asa = str(REPO / ".venv" / "bin" / "asa") if (REPO / ".venv" / "bin" / "asa").exists() else "asa"
-    runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": []}
+    runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": [], "organs": []}
     for r in range(repeats):
-        out_asa, out_base, out_bf16, out_fast = (workdir / case / f"{k}{r}" for k in runs)
+        out_asa, out_base, out_bf16, out_fast, out_organs = (workdir / case / f"{k}{r}" for k in runs)
         res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_asa),
                          "--overlap", str(overlap), "--device", device], env)  # fmt: skip
         report = json.loads(next(out_asa.rglob("report.json")).read_text())
@@ -174,6 +178,10 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
             res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_fast), "--fast",
                              "--overlap", str(overlap), "--device", device], env)  # fmt: skip
             runs["fast"].append(res)
+            res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_organs), "--organs",
+                             ORGANS_CASE, "--overlap", str(overlap), "--device", device], env)  # fmt: skip
+            res["crop"] = json.loads(next(out_organs.rglob("report.json")).read_text()).get("crop")
+            runs["organs"].append(res)
     ours, ours_affine = load_mask(next((workdir / case / "asa0").rglob("segmentation.nii.gz")))
     base, base_affine = load_mask(next((workdir / case / "baseline0").rglob("*_seg.nii*")))
     if ours.shape != base.shape or not np.allclose(ours_affine, base_affine, atol=1e-3):
@@ -214,7 +222,17 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
         result["fast_wall_s"] = med("fast", "wall_s")
         result["fast_peak_rss_mb"] = med("fast", "peak_rss_mb")
         fast, _ = load_mask(next((workdir / case / "fast0").rglob("segmentation.nii.gz")))
-        result["fast_vs_full_dice"] = dice_agreement(fast, ours)["mean_dice"]
+        fast_vs_full = dice_agreement(fast, ours)
+        result["fast_vs_full_dice"] = fast_vs_full["mean_dice"]
+        result["fast_vs_full_per_label"] = fast_vs_full["per_label"]
+        organs, _ = load_mask(next((workdir / case / "organs0").rglob("segmentation.nii.gz")))
+        liver = 6  # BTCV id of the one organ asked for
+        result["organs"] = {
+            "organs": ORGANS_CASE,
+            "wall_s": med("organs", "wall_s"),
+            "crop": runs["organs"][0]["crop"],
+            "dice_vs_full": dice_agreement(organs, np.where(ours == liver, liver, 0))["mean_dice"],
+        }
     return result
 
 
