@@ -263,9 +263,6 @@ def main() -> None:
 
     from models.data.sample import fetch_sample_data
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from large_ct import make_large_ct
-
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.model.resolve() if args.model else default_model(args.workdir, args.feature_size)
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -275,8 +272,10 @@ def main() -> None:
         cases["real_example_ct"] = fetch_sample_data() / "example_ct.nii.gz"
     if "large" in wanted:
         large = args.workdir / "ct_sample_512x512x300.nii.gz"
-        if not large.exists():
-            make_large_ct(fetch_sample_data() / "example_ct.nii.gz", large)
+        if not large.exists():  # in a child: Linux keeps a process's peak RSS across fork and exec, so a parent
+            # that had held the 512^3-class volume would lend every later child its peak (ru_maxrss)
+            subprocess.run([sys.executable, str(REPO / "bench" / "large_ct.py"), str(large)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
         cases["large_512x512x300"] = large
     results = {
         "model": str(model),
