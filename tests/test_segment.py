@@ -142,6 +142,16 @@ def test_organs_only_those_labels_cropped_to_their_region(phantom, tmp_path: Pat
     assert [o["name"] for o in only.stats["organs"]] == ["dense"]
     assert len(only.info["passes"]) == 2  # coarse locating pass + fine pass on the box
     assert only.info["passes"][1]["input_shape"][2] < hu.shape[2]
+    assert all(b - a >= 32 for a, b in zip(crop["start"], crop["stop"], strict=True))  # one window (roi 32) at least
+
+
+def test_widen_box_grows_about_the_centre_inside_the_volume() -> None:
+    from models.inference.region import widen_box
+
+    assert widen_box((slice(10, 20), slice(0, 5), slice(90, 100)), (30, 30, 30), (100, 40, 100)) == (
+        slice(0, 30), slice(0, 30), slice(70, 100))  # fmt: skip
+    assert widen_box((slice(40, 50), slice(0, 40), slice(3, 4)), (20, 60, 1), (100, 40, 100)) == (
+        slice(35, 55), slice(0, 40), slice(3, 4))  # fmt: skip
 
 
 def test_organs_of_a_model_not_trained_at_the_fast_spacing_are_not_cropped(phantom, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ Pipeline per scan (every array on the reader's canonical RAS grid until the end)
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import platform
 import threading
 import time
@@ -38,7 +39,7 @@ from models.inference.memory import choose_batch
 from models.inference.options import FAST_SPACING_FACTOR, SegmentOptions, resolve_organs
 from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities, window_streams
 from models.inference.preprocess import body_box, inference_spacing, network_input
-from models.inference.region import organ_box
+from models.inference.region import organ_box, widen_box
 from models.inference.resample import resample_labels_interpolated
 from models.inference.stats import organ_stats
 from models.inference.window_attention import window_bias_bytes
@@ -237,6 +238,8 @@ class Segmenter:
         if box is None:
             warnings.append("the coarse pass found none of the requested organs: segmenting the whole scan")
             return self._labels_on_grid(ct, inference_spacing(prep, False), opts, timings, info)
+        window_voxels = tuple(math.ceil(r * m / c) for r, m, c in zip(prep.roi, prep.spacing, ct.spacing, strict=True))
+        box = widen_box(box, window_voxels, ct.array.shape)  # at least one window of real context
         info["crop"] = {"start": [s.start for s in box], "stop": [s.stop for s in box]}
         labels = np.zeros(ct.array.shape, dtype=np.uint8)
         labels[box] = self._labels_on_grid(ct, inference_spacing(prep, False), opts, timings, info, box=box)
