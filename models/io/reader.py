@@ -235,13 +235,20 @@ def _header_scaling(header: nib.Nifti1Header | nib.Nifti2Header) -> tuple[float,
     return (1.0 if slope is None else float(slope)), (0.0 if inter is None else float(inter))
 
 
-def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
+def _spatial_shape(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
     """Accept trailing singleton dimensions (4D with one volume), refuse real 4D/2D data."""
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise CTReadError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    return data
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) != 3:
+        raise CTReadError(f"{path}: expected a 3D volume, got shape {tuple(shape)}")
+    return (int(dims[0]), int(dims[1]), int(dims[2]))
+
+
+def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
+    """``data`` without its trailing singleton dimensions (a view), see :func:`_spatial_shape`."""
+    _spatial_shape(data.shape, path)
+    return data[(...,) + (0,) * (data.ndim - 3)]
 
 
 def _load_nifti(path: Path) -> CTImage:
@@ -295,15 +302,11 @@ def _stream_nifti_gz(path: Path) -> tuple[nib.Nifti1Header | nib.Nifti2Header, C
             stream.seek(0)
             klass = nib.Nifti2Header if nib.Nifti2Header.may_contain_header(head) else nib.Nifti1Header
             header = klass.from_fileobj(stream)
-            shape = list(header.get_data_shape())
-            while len(shape) > 3 and shape[-1] == 1:
-                shape.pop()
-            if len(shape) != 3:
-                raise CTReadError(f"{path}: expected a 3D volume, got shape {tuple(header.get_data_shape())}")
+            shape = _spatial_shape(header.get_data_shape(), path)
             dtype = header.get_data_dtype()
             if dtype.kind not in "biuf":
                 raise CTReadError(f"{path}: unsupported NIfTI data type {dtype} (a CT holds real numbers)")
-            source, canon_affine = _source_space(tuple(shape), header.get_best_affine(), {"path": str(path)})
+            source, canon_affine = _source_space(shape, header.get_best_affine(), {"path": str(path)})
             canon, src_view = _canonical_buffer(source)
             x, y, z = source.shape
             slice_bytes = x * y * dtype.itemsize
