@@ -7,9 +7,12 @@ the same weights and input, timed in the same run (median of ``--repeats`` forwa
 - ``monai_default``: MONAI's default attention (the baseline recipe's),
 - ``monai_sdpa``: MONAI's SDPA path (``use_flash_attention=True``),
 - ``asa_cached``: ASA-CT's fast path, SDPA with the bias built once per window layout
-  (:mod:`models.inference.window_attention`), in one stream of ``--threads`` threads;
+  (:mod:`models.inference.window_attention`) and channels-last convolution weights
+  (:func:`models.inference.predict.conv_layout`), in one stream of ``--threads`` threads;
 - ``asa_cached_streams``: the same, as ``asa segment`` runs it on CPU: ``CPU_STREAMS`` threads of
   ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows);
+- ``asa_cached_streams_default_layout``: the same with PyTorch's default (channels-first) weights, the
+  route before channels-last;
 - ``asa_cached_bf16``, ``asa_cached_streams_bf16``: the same two under bf16 autocast, as ``asa segment
   --bf16`` runs them (only on a CPU with native bf16, AMX or AVX512-BF16: elsewhere it is emulated).
 
@@ -34,7 +37,7 @@ from jsonout import emit_json
 from monai.networks.nets import SwinUNETR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.inference.predict import CPU_STREAMS, stream_windows
+from models.inference.predict import CPU_STREAMS, conv_layout, stream_windows
 from models.inference.segmenter import cpu_has_native_bf16
 from models.inference.window_attention import enable_fast_attention
 
@@ -98,8 +101,9 @@ def main(threads: int, batch: int, repeats: int) -> dict:
     monai_sdpa = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, use_flash_attention=True).eval()
     monai_default = copy.deepcopy(monai_sdpa)
     enable_fast_attention(monai_default, False)
-    asa = copy.deepcopy(monai_sdpa)
-    enable_fast_attention(asa, True)
+    asa_default_layout = copy.deepcopy(monai_sdpa)
+    enable_fast_attention(asa_default_layout, True)
+    asa = copy.deepcopy(asa_default_layout).to(memory_format=conv_layout(torch.device("cpu"), fast_path=True))
     x = torch.rand(batch, 1, 64, 64, 64)
     times = {
         name: _median_forward(net, x, repeats)
@@ -107,6 +111,9 @@ def main(threads: int, batch: int, repeats: int) -> dict:
     }
     x_streams = torch.rand(batch * CPU_STREAMS, 1, 64, 64, 64)
     times["asa_cached_streams"] = _median_forward(_in_streams(asa), x_streams, repeats) / CPU_STREAMS
+    times["asa_cached_streams_default_layout"] = (
+        _median_forward(_in_streams(asa_default_layout), x_streams, repeats) / CPU_STREAMS
+    )
     bf16: dict = {}
     if cpu_has_native_bf16():
         times["asa_cached_bf16"] = _median_forward(_in_bf16(asa), x, repeats)
@@ -129,6 +136,9 @@ def main(threads: int, batch: int, repeats: int) -> dict:
         "speedup_vs_monai_default": round(times["monai_default"] / times["asa_cached"], 3),
         "streams": CPU_STREAMS,
         "speedup_streams_vs_one_stream": round(times["asa_cached"] / times["asa_cached_streams"], 3),
+        "speedup_channels_last_vs_default_layout": round(
+            times["asa_cached_streams_default_layout"] / times["asa_cached_streams"], 3
+        ),
         "max_abs_diff_vs_monai_sdpa": max_diff,
         "asa_cached_profile": _shares(asa, x),
         "native_bf16": cpu_has_native_bf16(),

@@ -19,7 +19,7 @@ from monai.networks.nets import SwinUNETR
 from segment_helpers import dice, small_phantom, swin_model_dir, write_nifti
 
 from models.inference import Segmenter, SegmentOptions
-from models.inference.predict import CPU_STREAMS, predict_probabilities, window_streams
+from models.inference.predict import CPU_STREAMS, conv_layout, predict_probabilities, window_streams
 from models.inference.preprocess import network_input
 from models.inference.segmenter import cpu_has_native_bf16
 from models.io.reader import load_ct
@@ -89,3 +89,16 @@ def test_streams_only_on_the_cpu_fast_path() -> None:
     assert window_streams(torch.device("cpu"), fast_path=False) == 1  # the fp32 reference stays MONAI's
     assert window_streams(torch.device("cuda"), fast_path=True) == 1
     assert window_streams(torch.device("cpu"), fast_path=True) == min(CPU_STREAMS, torch.get_num_threads())
+
+
+def test_channels_last_convolutions_on_the_cpu_fast_path_only() -> None:
+    """The fast path switches the convolution weights to channels-last, the fp32 reference back; same output."""
+    net, volume = _swin(), torch.rand(1, 64, 64, 64)
+    kwargs = {"device": torch.device("cpu"), "sw_batch_size": 1, "overlap": 0.0}
+    weight = net.encoder1.layer.conv2.conv.weight
+    fast = predict_probabilities(net, volume, (64, 64, 64), fast_path=True, **kwargs)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    reference = predict_probabilities(net, volume, (64, 64, 64), fast_path=False, **kwargs)
+    assert net.encoder1.layer.conv2.conv.weight.is_contiguous()
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+    assert conv_layout(torch.device("cuda"), fast_path=True) == torch.contiguous_format  # GPUs: not measured

@@ -41,6 +41,18 @@ def window_streams(device: torch.device, fast_path: bool = True) -> int:
     return max(1, min(CPU_STREAMS, torch.get_num_threads()))
 
 
+def conv_layout(device: torch.device, fast_path: bool) -> torch.memory_format:
+    """The memory format of the convolution weights: channels-last on the CPU fast path, else PyTorch's default.
+
+    Why: oneDNN's 3D convolutions run on channels-last tensors without reordering them first; with the
+    weights channels-last, every convolution's output is too. Measured on 2 cores (cpu-demo model, 64³
+    windows, fast path): the convolutions' time falls from 33 % to 20 % of a forward pass, 10 % less in
+    all (``bench/network_profile.py``); outputs differ by float rounding only (3e-6). GPUs (not measured)
+    and the fp32 reference path keep the default.
+    """
+    return torch.channels_last_3d if device.type == "cpu" and fast_path else torch.contiguous_format
+
+
 @contextlib.contextmanager
 def stream_windows(forward: Callable[[torch.Tensor], torch.Tensor], streams: int) -> Iterator[Callable]:
     """``forward`` split over ``streams`` threads by window (one stream: ``forward`` itself).
@@ -90,6 +102,7 @@ def predict_probabilities(
     ``streams``: split each window batch over that many threads (:func:`window_streams`).
     """
     enable_fast_attention(network, fast_path)
+    network.to(memory_format=conv_layout(device, fast_path))
     inferer = SlidingWindowInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
