@@ -19,7 +19,13 @@ from monai.networks.nets import SwinUNETR
 from segment_helpers import dice, small_phantom, swin_model_dir, write_nifti
 
 from models.inference import Segmenter, SegmentOptions
-from models.inference.predict import CPU_STREAMS, conv_layout, predict_probabilities, window_streams
+from models.inference.predict import (
+    CPU_STREAMS,
+    argmax_labels,
+    conv_layout,
+    predict_probabilities,
+    window_streams,
+)
 from models.inference.preprocess import network_input
 from models.inference.segmenter import cpu_has_native_bf16
 from models.io.reader import load_ct
@@ -102,3 +108,13 @@ def test_channels_last_convolutions_on_the_cpu_fast_path_only() -> None:
     assert net.encoder1.layer.conv2.conv.weight.is_contiguous()
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
     assert conv_layout(torch.device("cuda"), fast_path=True) == torch.contiguous_format  # GPUs: not measured
+
+
+def test_argmax_labels_is_the_first_maximum_as_numpy() -> None:
+    """Ties (common where probabilities saturate) go to the lowest class id, as numpy's and torch's argmax."""
+    scores = torch.randint(0, 3, (14, 20, 30, 40), generator=torch.Generator().manual_seed(0)).float()
+    labels = argmax_labels(scores)
+    assert labels.dtype == torch.uint8
+    np.testing.assert_array_equal(labels.numpy(), scores.numpy().argmax(axis=0))
+    with pytest.raises(ValueError, match="257 classes"):
+        argmax_labels(torch.zeros(257, 1, 1, 1))

@@ -146,7 +146,11 @@ def _run(
 
 
 def argmax_labels(scores: torch.Tensor) -> torch.Tensor:
-    """(C, X, Y, Z) -> (X, Y, Z) uint8 (C <= 256 labels)."""
+    """(C, X, Y, Z) -> (X, Y, Z) uint8 (C <= 256 labels): the first class with the highest score.
+
+    ``max(dim=0).indices`` rather than ``argmax(dim=0)``: the same first-maximum indices, but torch's CPU
+    argmax over the outer dimension of (14, 120, 120, 75) probabilities takes 0.18 s, its max 0.03 s.
+    """
     if scores.shape[0] > 256:
         raise ValueError(f"{scores.shape[0]} classes do not fit a uint8 label map")
-    return scores.argmax(dim=0).to(torch.uint8)
+    return scores.max(dim=0).indices.to(torch.uint8)
