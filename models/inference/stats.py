@@ -91,12 +91,13 @@ def _one(
     if box is None:
         return empty
     mask = labels[box] == organ_id
-    n = int(mask.sum())
+    columns = np.count_nonzero(mask, axis=2)  # voxels per (x, y) column: the x and y profiles, and the count
+    n = int(columns.sum())
     if n == 0:
         return empty
     hu_mean, hu_std = _masked_mean_std(ct.array[box], mask, n)
     start = np.array([s.start for s in box], dtype=np.float64)
-    centroid_can = _centroid(mask, n) + start
+    centroid_can = _centroid(columns, np.count_nonzero(mask, axis=(0, 1)), n) + start
     lo_can = start
     hi_can = np.array([s.stop - 1 for s in box], dtype=np.float64)
     centroid_src = _apply(can_to_src, centroid_can)
@@ -134,18 +135,16 @@ def _masked_mean_std(hu: np.ndarray, mask: np.ndarray, n: int, chunk: int = 16) 
     return mean, float(np.sqrt(max(squares / n - mean * mean, 0.0)))
 
 
-def _centroid(mask: np.ndarray, n: int) -> np.ndarray:
-    """Mean voxel index of a boolean mask, from its three axis profiles.
+def _centroid(columns: np.ndarray, slices: np.ndarray, n: int) -> np.ndarray:
+    """Mean voxel index of a mask of ``n`` voxels, from its voxel counts per (x, y) column and per z slice.
 
     Same result as ``ndimage.center_of_mass`` without its per-axis float index grids of the box's size
-    (about a second per organ that spans a 512 x 512 x 300 scan; the profiles take a fraction of that).
+    (about a second per organ that spans a 512 x 512 x 300 scan). The column counts give the x and y
+    profiles and the voxel count, so the mask is read twice for all of them (an axis profile each and a
+    sum took four passes).
     """
-    out = np.empty(3)
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        profile = np.count_nonzero(mask, axis=others)
-        out[axis] = float(profile @ np.arange(profile.size)) / n
-    return out
+    profiles = (columns.sum(axis=1), columns.sum(axis=0), slices)
+    return np.array([float(p @ np.arange(p.size)) / n for p in profiles])
 
 
 def _apply(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
