@@ -104,3 +104,21 @@ def test_the_grid_is_monai_spacing_s_grid() -> None:
     reference = Spacing(pixdim=(3.0, 3.0, 4.0), lazy=True)(image)
     assert shape == tuple(int(s) for s in reference.peek_pending_shape())
     np.testing.assert_allclose(out_affine, reference.peek_pending_affine().numpy(), atol=1e-9)
+
+
+def test_banded_products_equal_the_dense_ones_zero_rows_included() -> None:
+    """Chunks of rows multiply only the source range they read; a row of zeros reads none and stays zero."""
+    from models.data.spacing import _banded_columns_product, _banded_rows_product
+
+    rng = np.random.default_rng(4)
+    weights = np.zeros((21, 50), dtype=np.float32)
+    for i in range(21):
+        centre = int(i * 2.4)
+        weights[i, max(0, centre - 3):centre + 4] = rng.random(len(range(max(0, centre - 3), min(50, centre + 4))))
+    weights[5] = 0.0  # a chunk with a zero row
+    weights[16:] = 0.0  # a chunk of zero rows only
+    w = torch.from_numpy(weights)
+    x = torch.from_numpy(rng.normal(size=(50, 33)).astype(np.float32))
+    np.testing.assert_allclose(_banded_rows_product(w, x, rows=4).numpy(), (w @ x).numpy(), atol=1e-5)
+    y = torch.from_numpy(rng.normal(size=(9, 50)).astype(np.float32))
+    np.testing.assert_allclose(_banded_columns_product(y, w, rows=4).numpy(), (y @ w.T).numpy(), atol=1e-5)
