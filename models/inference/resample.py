@@ -59,6 +59,11 @@ def _axis_corners(scale: float, offset: float, n_dst: int, n_src: int) -> tuple[
     return lower, np.minimum(lower + 1, n_src - 1), (coord - lower).astype(np.float32)
 
 
+def _rows_of(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[index]`` along the first dimension: ``index_select``, which skips advanced indexing's general path."""
+    return t.index_select(0, index)
+
+
 def _plane_uniform(labels: np.ndarray) -> np.ndarray:
     """True where a voxel and its in-plane neighbours (+x, +y, +x+y; edges repeated) carry its label."""
     pad = np.pad(labels, [(0, 1), (0, 1), (0, 0)], mode="edge")
@@ -98,7 +103,8 @@ def resample_labels_interpolated(
     # indices outside the box read a zero vector (index 0 or the last), inside the box they shift by one.
     n_classes = probs.shape[0]
     zero = torch.zeros((probs.shape[1] + 2, probs.shape[2] + 2, n_classes))
-    by_z = probs.permute(3, 1, 2, 0).contiguous()  # (Z, X, Y, C): one model slice contiguous, channel last
+    # (Z, X, Y, C): one model slice contiguous, channel last (numpy's transposing copy: 2x torch's permute)
+    by_z = torch.from_numpy(np.ascontiguousarray(probs.numpy().transpose(3, 1, 2, 0)))
 
     def in_box(index: np.ndarray, axis: int) -> torch.Tensor:
         return torch.from_numpy(np.clip(index - box[axis].start + 1, 0, box[axis].stop - box[axis].start + 1))
@@ -113,11 +119,15 @@ def resample_labels_interpolated(
         if box[2].start <= z < box[2].stop:
             plane = zero.clone()
             plane[1:-1, 1:-1] = by_z[z - box[2].start]
-        return torch.lerp(plane[bx0], plane[bx1], ux).reshape(-1, n_classes)
+        return torch.lerp(_rows_of(plane, bx0), _rows_of(plane, bx1), ux).reshape(-1, n_classes)
 
     uniform = _plane_uniform(labels).transpose(2, 0, 1).copy()  # (Z, X, Y): one model slice contiguous
     by_slice = labels.transpose(2, 0, 1).copy()
-    lower = np.ix_(x0, y0)
+
+    def on_target(plane: np.ndarray) -> np.ndarray:
+        """A model slice (X, Y) at every target (x, y)'s lower corner: (target X, target Y)."""
+        return plane.take(x0, axis=0).take(y0, axis=1)
+
     # (Z, Y, X) in C order is (X, Y, Z) in Fortran order, the reader's layout for NIfTI scans: the label map
     # then walks memory like the HU volume (statistics) and the file it is saved to, with no transposing copy
     out = np.empty((dst_shape[2], dst_shape[1], dst_shape[0]), dtype=np.uint8)
@@ -129,16 +139,17 @@ def resample_labels_interpolated(
             a, b = int(z0[k]), int(z1[k])
             if (a, b) != pair:  # a new run of target slices between model slices a and b
                 pair = (a, b)
-                nearest = np.ascontiguousarray(by_slice[a][lower].T)  # (Y, X): out[k]'s layout
+                nearest = on_target(by_slice[a]).T.copy()  # (Y, X): out[k]'s layout
                 cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
-                todo = np.flatnonzero(~cell_uniform[lower])  # target (x, y) as x * Y + y
+                todo = np.flatnonzero(~on_target(cell_uniform))  # target (x, y) as x * Y + y
                 if len(todo):
                     rows, cols = np.divmod(todo, dst_shape[1])
                     flat = cols * dst_shape[0] + rows  # the same voxels in out[k]'s (Y, X) order
                     r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
                     pick0, pick1, weight = r + by0[c], r + by1[c], uy[c]
                     blended = {z: blended.get(z) if z in blended else along_x(z) for z in (a, b)}  # b is next a
-                    at_a, at_b = (torch.lerp(blended[z][pick0], blended[z][pick1], weight) for z in (a, b))
+                    at_a, at_b = (torch.lerp(_rows_of(blended[z], pick0), _rows_of(blended[z], pick1), weight)
+                                  for z in (a, b))
             out[k] = nearest
             if len(todo):
                 value = torch.lerp(at_a, at_b, float(wz[k]))  # (voxels to do, C)
