@@ -174,15 +174,19 @@ def test_unknown_organ_is_named() -> None:
         Segmenter(ThresholdNet(THRESHOLDS), spec, options=SegmentOptions(organs=("livr",)))
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 40])
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_label_boxes_are_find_objects_in_either_memory_layout(order: str) -> None:
+def test_label_boxes_are_find_objects_in_either_memory_layout(order: str, workers: int) -> None:
+    """In slabs too: a box that spans slabs is their union, one in a single slab keeps its own extent."""
     rng = np.random.default_rng(0)
     labels = np.zeros((30, 20, 10), dtype=np.uint8)
     labels[3:17, 5:9, 2:8] = rng.integers(0, 4, (14, 4, 6))
     labels[20, 1, 9] = 6  # label 5 absent, 6 a single voxel
+    labels[0, 19, 0] = labels[29, 0, 9] = 7  # label 7 at opposite corners: the first and the last slab
     want = ndimage.find_objects(np.ascontiguousarray(labels))
-    got = label_boxes(np.asarray(labels, order=order))
+    got = label_boxes(np.asarray(labels, order=order), workers=workers)
     assert got == want and got[4] is None and got[5] == (slice(20, 21), slice(1, 2), slice(9, 10))
+    assert got[6] == (slice(0, 30), slice(0, 20), slice(0, 10))
 
 
 def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,18 +32,34 @@ def coordinate_system(ct: CTImage) -> str:
     return "LPS" if ct.meta.get("format") in LPS_FORMATS else "RAS"
 
 
-def label_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+def label_boxes(labels: np.ndarray, workers: int = 1) -> list[tuple[slice, ...] | None]:
     """``ndimage.find_objects`` (box of label ``i`` at ``[i - 1]``, None where absent), read in memory order.
 
     ``find_objects`` walks the array in C order; on a Fortran-ordered map (NIfTI's layout, which the
     reader keeps) that is a strided walk, 13x slower on 512 x 512 x 300 (3.6 against 0.27 s). The
     transpose of a Fortran array is a C-ordered view, so it is scanned instead and the boxes reversed.
+    ``workers``: slabs of the outermost axis scanned in that many threads (``find_objects`` releases the
+    GIL), their boxes then merged.
     """
     if not labels.size:
         return []
-    if labels.flags.f_contiguous and not labels.flags.c_contiguous:
-        return [None if box is None else box[::-1] for box in ndimage.find_objects(labels.T)]
-    return ndimage.find_objects(labels)
+    fortran = labels.flags.f_contiguous and not labels.flags.c_contiguous
+    view = labels.T if fortran else labels
+    bounds = np.unique(np.linspace(0, view.shape[0], max(1, workers) + 1).astype(int))
+    slabs = list(itertools.pairwise(int(b) for b in bounds))
+    with ThreadPoolExecutor(len(slabs)) as pool:
+        found = list(pool.map(lambda slab: ndimage.find_objects(view[slab[0] : slab[1]]), slabs))
+    boxes: list[tuple[slice, ...] | None] = [None] * max(len(f) for f in found)
+    for (offset, _), slab_boxes in zip(slabs, found, strict=True):
+        for i, box in enumerate(slab_boxes):
+            if box is None:
+                continue
+            box = (slice(box[0].start + offset, box[0].stop + offset), *box[1:])
+            seen = boxes[i]
+            boxes[i] = box if seen is None else tuple(
+                slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(seen, box, strict=True)
+            )
+    return [None if box is None else box[::-1] for box in boxes] if fortran else boxes
 
 
 def organ_stats(labels: np.ndarray, ct: CTImage, names: dict[int, str], workers: int = 1) -> dict[str, Any]:
@@ -59,7 +76,7 @@ def organ_stats(labels: np.ndarray, ct: CTImage, names: dict[int, str], workers:
     system = coordinate_system(ct)
     voxel_ml = abs(float(np.linalg.det(ct.affine[:3, :3]))) / 1000.0
     can_to_src = np.linalg.solve(ct.source.affine, ct.affine)
-    boxes = label_boxes(labels)  # one pass, no copy of the uint8 map
+    boxes = label_boxes(labels, workers)  # one pass, no copy of the uint8 map
 
     def one(item: tuple[int, str]) -> dict[str, Any]:
         organ_id, name = item
