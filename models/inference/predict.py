@@ -46,9 +46,10 @@ def conv_layout(device: torch.device, fast_path: bool) -> torch.memory_format:
 
     Why: oneDNN's 3D convolutions run on channels-last tensors without reordering them first; with the
     weights channels-last, every convolution's output is too. Measured on 2 cores (cpu-demo model, 64³
-    windows, fast path): the convolutions' time falls from 33 % to 20 % of a forward pass, 10 % less in
-    all (``bench/network_profile.py``); outputs differ by float rounding only (3e-6). GPUs (not measured)
-    and the fp32 reference path keep the default.
+    windows, fast path, ``bench/network_profile.py``): the convolutions' share of a forward pass falls from
+    about 33 % to 21 %, but copies and reshapes grow from 4 % to 15-19 %, so the whole forward is only
+    1.0-1.03x faster on a quiet machine (two runs; 10 % with the other core busy). Outputs differ by float
+    rounding only (4e-6). GPUs (not measured) and the fp32 reference path keep the default.
     """
     return torch.channels_last_3d if device.type == "cpu" and fast_path else torch.contiguous_format
 
