@@ -104,8 +104,9 @@ def test_channels_last_convolutions_on_the_cpu_fast_path_only() -> None:
     weight = net.encoder1.layer.conv2.conv.weight
     fast = predict_probabilities(net, volume, (64, 64, 64), fast_path=True, **kwargs)
     assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    assert net.encoder1.layer.conv2.conv.onednn  # single windows on oneDNN (tests/test_onednn_conv.py)
     reference = predict_probabilities(net, volume, (64, 64, 64), fast_path=False, **kwargs)
-    assert net.encoder1.layer.conv2.conv.weight.is_contiguous()
+    assert net.encoder1.layer.conv2.conv.weight.is_contiguous() and not net.encoder1.layer.conv2.conv.onednn
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
     assert conv_layout(torch.device("cuda"), fast_path=True) == torch.contiguous_format  # GPUs: not measured
 

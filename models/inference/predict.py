@@ -16,6 +16,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from models.data.transforms import THIN_SCAN_PADDING
+from models.inference.onednn_conv import enable_onednn_convolutions
 from models.inference.threads import torch_thread_pool
 from models.inference.window_attention import enable_fast_attention
 
@@ -103,6 +104,7 @@ def predict_probabilities(
     ``streams``: split each window batch over that many threads (:func:`window_streams`).
     """
     enable_fast_attention(network, fast_path)
+    enable_onednn_convolutions(network, fast_path and device.type == "cpu")
     network.to(memory_format=conv_layout(device, fast_path))
     inferer = SlidingWindowInferer(
         roi_size=roi,
