@@ -94,6 +94,8 @@ def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path
         report = json.loads((out / name / "report.json").read_text())
         assert report["options"]["organs"] == ["liver", "spleen"] and report["options"]["fast_path"] is False
         assert report["model"]["source"] == str(model_dir.resolve())
+        # read ahead (models.io.read_ahead): "load" is the wait, read_s the whole read
+        assert 0 <= report["timings_s"]["load"] <= report["read_s"] + 0.01
     assert (out / "dcm" / "segmentation.dcm").exists() and not (out / "a" / "segmentation.dcm").exists()
     dcm = nib.load(str(out / "dcm" / "segmentation.nii.gz"))
     assert dcm.shape == series.hu.shape

@@ -9,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from models.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, write_phantom_dataset
-
 
 def phantom(
     n: int = typer.Option(20, "--n", min=1, help="number of phantoms to write"),
@@ -18,6 +16,8 @@ def phantom(
     seed: int = typer.Option(0, "--seed", help="dataset seed: same seed, same phantoms"),
 ) -> None:
     """Write synthetic abdominal CT phantoms with the 13 BTCV organ labels."""
+    from models.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, write_phantom_dataset  # scipy: not for --help
+
     console = Console(stderr=True)
     shape = "x".join(map(str, DEFAULT_SHAPE))
     spacing = "x".join(map(str, DEFAULT_SPACING))

@@ -70,50 +70,59 @@ def segment(
     preview: bool = typer.Option(True, "--preview/--no-preview", help="write preview.png"),
 ) -> None:
     """Segment CT scans with a finetuned model; masks, DICOM-SEG, stats and a report in each input's own space."""
-    from models.inference.options import SegmentOptions, parse_organ_list
-    from models.inference.segmenter import ModelDirError, Segmenter
-    from models.inference.writers import write_outputs
-    from models.io.reader import CTReadError
+    from models.io.read_ahead import ReadAhead
+    from models.io.reader import CTReadError, load_ct
 
-    try:
-        options = SegmentOptions(overlap=overlap, fast=fast, organs=parse_organ_list(organs), tta=tta,
-                                 fast_path=fast_path, bf16=bf16, sw_batch_size=sw_batch_size)
-    except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-        return
-    try:
-        segmenter = Segmenter.from_model_dir(model, device=device, options=options)
-    except (ModelDirError, ValueError) as exc:
-        fail(str(exc))
-        return
+    # the first scan is read while torch, MONAI and the model load (models.io.read_ahead), the next
+    # one while the current one is segmented
+    with ReadAhead(inputs, lambda src: load_ct(resolve_input(src))) as reads:
+        from models.inference.options import SegmentOptions, parse_organ_list
+        from models.inference.segmenter import ModelDirError, Segmenter
+        from models.inference.writers import write_outputs
 
-    code = 0
-    summary = []
-    for src, dest in zip(inputs, output_dirs(inputs, out), strict=True):
         try:
-            result = segmenter.segment(resolve_input(src))
-            write_outputs(result, dest, split=split, dicom_seg=not no_dicom_seg, preview=preview)
-        except (CTReadError, OSError) as exc:
-            typer.echo(f"error: {src}: {exc}", err=True)
-            summary.append({"input": src, "status": "error", "error": str(exc)})
-            code = max(code, 2)
-            continue
-        except Exception as exc:  # one broken scan must not lose the others' results
-            typer.echo(f"error: {src}: {type(exc).__name__}: {exc}", err=True)
-            summary.append({"input": src, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
-            code = max(code, 1)
-            continue
-        found = [o["name"] for o in result.stats["organs"] if o["voxels"]]
-        total = sum(result.timings.values())
-        typer.echo(f"{src} -> {dest}  ({len(found)} organ(s), {total:.1f} s)")
-        for warning in result.warnings:
-            typer.echo(f"warning: {src}: {warning}", err=True)
-        summary.append({"input": src, "status": "ok", "out": str(dest), "organs_found": found,
-                        "seconds": round(total, 3)})
-    if len(inputs) > 1:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    if code:
-        failed = sum(s["status"] == "error" for s in summary)
-        typer.echo(f"{failed} of {len(inputs)} input(s) failed", err=True)
-        raise typer.Exit(code=code)
+            options = SegmentOptions(overlap=overlap, fast=fast, organs=parse_organ_list(organs), tta=tta,
+                                     fast_path=fast_path, bf16=bf16, sw_batch_size=sw_batch_size)
+        except ValidationError as exc:
+            fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+            return
+        try:
+            segmenter = Segmenter.from_model_dir(model, device=device, options=options)
+        except (ModelDirError, ValueError) as exc:
+            fail(str(exc))
+            return
+
+        code = 0
+        summary = []
+        for read, dest in zip(reads, output_dirs(inputs, out), strict=True):
+            src = read.source
+            try:
+                ct, read_s, waited_s = read.result()
+                result = segmenter.segment(ct)
+                result.timings["load"] = waited_s  # the part of the read this run waited for
+                result.info["read_s"] = round(read_s, 3)  # the whole read, most of it behind other work
+                write_outputs(result, dest, split=split, dicom_seg=not no_dicom_seg, preview=preview)
+            except (CTReadError, OSError) as exc:
+                typer.echo(f"error: {src}: {exc}", err=True)
+                summary.append({"input": src, "status": "error", "error": str(exc)})
+                code = max(code, 2)
+                continue
+            except Exception as exc:  # one broken scan must not lose the others' results
+                typer.echo(f"error: {src}: {type(exc).__name__}: {exc}", err=True)
+                summary.append({"input": src, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
+                code = max(code, 1)
+                continue
+            found = [o["name"] for o in result.stats["organs"] if o["voxels"]]
+            total = sum(result.timings.values())
+            typer.echo(f"{src} -> {dest}  ({len(found)} organ(s), {total:.1f} s)")
+            for warning in result.warnings:
+                typer.echo(f"warning: {src}: {warning}", err=True)
+            summary.append({"input": src, "status": "ok", "out": str(dest), "organs_found": found,
+                            "seconds": round(total, 3)})
+        if len(inputs) > 1:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        if code:
+            failed = sum(s["status"] == "error" for s in summary)
+            typer.echo(f"{failed} of {len(inputs)} input(s) failed", err=True)
+            raise typer.Exit(code=code)
