@@ -105,11 +105,13 @@ def build_dicom_series(
     positions: np.ndarray | None = None,
     seed: int = 0,
     write: bool = True,
+    transfer_syntax: str | None = None,
 ) -> SyntheticSeries:
     """Write ``n`` slices of ``rows`` x ``cols`` with a known LPS geometry (IOP/IPP) and known HU.
 
     File names are shuffled and InstanceNumbers reversed by default, so a reader that orders by
     either gets it wrong. ``positions`` (n x 3, LPS) overrides the regular stack (to break it).
+    ``transfer_syntax``: compress the pixels (pydicom's encoders: JPEG 2000 lossless, RLE lossless).
     """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,6 +136,8 @@ def build_dicom_series(
                             pixel_spacing=pixel_spacing, series_uid=series_uid, study_uid=study_uid,
                             for_uid=for_uid, modality=modality, instance=inst, slope=slopes[k],
                             intercept=intercepts[k], description=description)
+        if transfer_syntax is not None:
+            ds.compress(transfer_syntax)
         path = folder / names[k]
         if write:
             ds.save_as(path, enforce_file_format=True)

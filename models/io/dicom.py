@@ -10,6 +10,7 @@ error rather than a silently wrong volume.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 from collections import defaultdict
@@ -23,6 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from models.io.dicom_pixels import NoPixelData, decode_series, decode_workers
 from models.io.reader import LPS_TO_RAS, CTImage, CTReadError, canonicalise
 
 __all__ = ["load_dicom_files", "load_dicom_folder", "load_dicom_zip"]
@@ -337,28 +339,29 @@ def _check_tilt(ordered: list[_Slice], positions: np.ndarray, dist: np.ndarray, 
 
 
 def _read_pixels(ordered: list[_Slice], label: str) -> np.ndarray:
-    """Decode each slice (any transfer syntax pydicom+pylibjpeg decode) and apply its rescale."""
+    """Decode each slice (any transfer syntax pydicom+pylibjpeg decode) and apply its rescale.
+
+    Compressed series of many slices are decoded in worker processes (:mod:`models.io.dicom_pixels`).
+    """
     h0 = ordered[0].header
     vol = np.empty((int(h0.Columns), int(h0.Rows), len(ordered)), dtype=np.float32)
-    for k, s in enumerate(ordered):
-        try:
-            ds = pydicom.dcmread(s.opener())
-            if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-                raise CTReadError(f"no pixel data in DICOM file {s.name} ({label})")
-            pixels = ds.pixel_array
-        except CTReadError:
-            raise
-        except Exception as exc:
-            ts = getattr(getattr(s.header, "file_meta", None), "TransferSyntaxUID", None)
-            ts_txt = f" (transfer syntax {ts.name if ts is not None else 'unknown'})"
-            raise CTReadError(
-                f"cannot decode pixel data of DICOM file {s.name}{ts_txt} in {label}: {type(exc).__name__}: {exc}"
-            ) from exc
-        if pixels.shape != (int(h0.Rows), int(h0.Columns)):
-            raise CTReadError(f"unexpected pixel array shape {pixels.shape} in DICOM file {s.name} ({label})")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        vol[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
+    syntax = getattr(getattr(h0, "file_meta", None), "TransferSyntaxUID", None)
+    workers = decode_workers(len(ordered), compressed=bool(syntax is not None and syntax.is_compressed))
+    with contextlib.closing(decode_series([s.opener for s in ordered], workers)) as decoded:
+        for k, s in enumerate(ordered):
+            try:
+                pixels, slope, intercept = next(decoded)
+            except NoPixelData as exc:
+                raise CTReadError(f"no pixel data in DICOM file {s.name} ({label})") from exc
+            except Exception as exc:
+                ts = getattr(getattr(s.header, "file_meta", None), "TransferSyntaxUID", None)
+                ts_txt = f" (transfer syntax {ts.name if ts is not None else 'unknown'})"
+                raise CTReadError(
+                    f"cannot decode pixel data of DICOM file {s.name}{ts_txt} in {label}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if pixels.shape != (int(h0.Rows), int(h0.Columns)):
+                raise CTReadError(f"unexpected pixel array shape {pixels.shape} in DICOM file {s.name} ({label})")
+            vol[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
     return vol
 
 
