@@ -13,6 +13,8 @@ the same weights and input, timed in the same run (median of ``--repeats`` forwa
   ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows);
 - ``asa_cached_streams_default_layout``: the same with PyTorch's default (channels-first) weights, the
   route before channels-last;
+- ``asa_cached_streams_all_rows``: the same with MONAI's blocks, which compute attention for the padding's
+  queries too (the route before :class:`models.inference.window_attention.PaddingAwareSwinBlock`);
 - ``asa_cached_bf16``, ``asa_cached_streams_bf16``: the same two under bf16 autocast, as ``asa segment
   --bf16`` runs them (only on a CPU with native bf16, AMX or AVX512-BF16: elsewhere it is emulated).
 
@@ -34,12 +36,12 @@ from pathlib import Path
 
 import torch
 from jsonout import emit_json
-from monai.networks.nets import SwinUNETR
+from monai.networks.nets import SwinUNETR, swin_unetr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.inference.predict import CPU_STREAMS, conv_layout, stream_windows
 from models.inference.segmenter import cpu_has_native_bf16
-from models.inference.window_attention import enable_fast_attention
+from models.inference.window_attention import PaddingAwareSwinBlock, enable_fast_attention
 
 GROUPS = {  # exact operator names
     "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
@@ -114,6 +116,11 @@ def main(threads: int, batch: int, repeats: int) -> dict:
     times["asa_cached_streams_default_layout"] = (
         _median_forward(_in_streams(asa_default_layout), x_streams, repeats) / CPU_STREAMS
     )
+    all_rows = copy.deepcopy(asa)  # attention for the padding's queries too, as before PaddingAwareSwinBlock
+    for module in all_rows.modules():
+        if isinstance(module, PaddingAwareSwinBlock):
+            module.__class__ = swin_unetr.SwinTransformerBlock
+    times["asa_cached_streams_all_rows"] = _median_forward(_in_streams(all_rows), x_streams, repeats) / CPU_STREAMS
     bf16: dict = {}
     if cpu_has_native_bf16():
         times["asa_cached_bf16"] = _median_forward(_in_bf16(asa), x, repeats)
@@ -139,6 +146,7 @@ def main(threads: int, batch: int, repeats: int) -> dict:
         "speedup_channels_last_vs_default_layout": round(
             times["asa_cached_streams_default_layout"] / times["asa_cached_streams"], 3
         ),
+        "speedup_real_rows_vs_all_rows": round(times["asa_cached_streams_all_rows"] / times["asa_cached_streams"], 3),
         "max_abs_diff_vs_monai_sdpa": max_diff,
         "asa_cached_profile": _shares(asa, x),
         "native_bf16": cpu_has_native_bf16(),

@@ -8,7 +8,14 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR, swin_unetr
 
-from models.inference.window_attention import CachedBiasWindowAttention, enable_fast_attention, window_bias_bytes
+from models.inference import window_attention
+from models.inference.window_attention import (
+    CachedBiasWindowAttention,
+    PaddingAwareSwinBlock,
+    enable_fast_attention,
+    query_rows,
+    window_bias_bytes,
+)
 
 ROI = (64, 32, 32)  # stage 1: 32 x 16 x 16 tokens in 5 x 3 x 3 shifted windows of 7³ (masks and padding exercised)
 
@@ -94,6 +101,42 @@ def test_cache_size_is_what_the_memory_estimate_reserves() -> None:
     _, fast = _pair()
     with torch.inference_mode():
         fast(torch.rand(2, 1, *ROI))
-    cached = sum(entry[2].nbytes for m in _attention_modules(fast) for entry in m._bias_cache.values())  # BiasLayout
-    assert cached == window_bias_bytes(ROI)
+    cached = sum(entry[2].nbytes for m in _attention_modules(fast) for entry in m._bias_cache.values())
+    # the real rows' biases (RowLayout) hold less than the full ones the estimate counts
+    assert 0.5 * window_bias_bytes(ROI) < cached <= window_bias_bytes(ROI)
     assert 80e6 < window_bias_bytes((64, 64, 64)) < 100e6  # the cpu-demo model: the figure the docs quote
+
+
+@pytest.mark.parametrize("size", [(8, 8, 8), (16, 9, 32), (10, 20, 7), (14, 21, 15)])
+@pytest.mark.parametrize("shift", [(0, 0, 0), (3, 3, 3)])
+def test_query_rows_are_the_real_tokens_of_monai_s_windows(size: tuple[int, int, int], shift) -> None:
+    """Mark the real tokens, then pad, roll and partition them as MONAI's block does."""
+    window = (7, 7, 7)
+    rows = query_rows(size, window, shift)
+    pad = [(7 - n % 7) % 7 for n in size]
+    if not any(pad):
+        assert rows is None
+        return
+    real = torch.nn.functional.pad(torch.ones(1, *size, 1), (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+    real = torch.roll(real, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    windows = swin_unetr.window_partition(real, window)[..., 0]  # (windows, 343): 1 where a token is real
+    assert len(rows.pattern_of_window) == len(windows)
+    for w, marks in enumerate(windows):
+        torch.testing.assert_close(rows.rows[int(rows.pattern_of_window[w])], marks.nonzero().squeeze(1))
+
+
+def test_attention_runs_only_for_real_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fast = _pair()
+    assert sum(isinstance(m, PaddingAwareSwinBlock) for m in fast.modules()) == 8
+    queries = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, k, v, **kwargs):
+        if q.shape[1] == 3:  # the first stage's heads: 32 x 16 x 16 tokens, padded to 35 x 21 x 21
+            queries.append(q.shape[0] * q.shape[2])
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(window_attention.F, "scaled_dot_product_attention", counting)
+    with torch.inference_mode():
+        fast(torch.rand(2, 1, *ROI))
+    assert sum(queries) == 2 * 2 * 32 * 16 * 16  # two blocks, two images, real tokens only (padded: 15,435)
