@@ -100,3 +100,12 @@ def test_the_command_line_imports_no_torch() -> None:
     code = "import sys, models.cli; print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_inference_package_still_exports_its_names() -> None:
+    import models.inference as inference
+    from models.inference.segmenter import Segmenter
+
+    assert inference.Segmenter is Segmenter and callable(inference.write_outputs)
+    with pytest.raises(AttributeError, match="no attribute 'Segmentor'"):
+        _ = inference.Segmentor
