@@ -140,3 +140,18 @@ def test_attention_runs_only_for_real_tokens(monkeypatch: pytest.MonkeyPatch) ->
     with torch.inference_mode():
         fast(torch.rand(2, 1, *ROI))
     assert sum(queries) == 2 * 2 * 32 * 16 * 16  # two blocks, two images, real tokens only (padded: 15,435)
+
+
+@pytest.mark.parametrize("size", [14, 10])  # a multiple of the window (no padding, every row real), then padded
+def test_a_basic_layer_matches_monai_with_and_without_padding(size: int) -> None:
+    torch.manual_seed(0)
+    reference = swin_unetr.BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0.0, 0.0],
+                                      use_flash_attention=True).eval()  # fmt: skip
+    for module in reference.modules():
+        if isinstance(module, swin_unetr.WindowAttention):
+            torch.nn.init.normal_(module.relative_position_bias_table, std=1.0)
+    fast = copy.deepcopy(reference)
+    enable_fast_attention(fast, True)
+    x = torch.rand(2, 12, size, size, size)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), reference(x), rtol=1e-5, atol=1e-5)

@@ -65,7 +65,11 @@ class CachedBiasWindowAttention(swin_unetr.WindowAttention):
         b, n, c = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        if rows is not None:  # padding rows stay zero: the block crops them away
+        if rows is None and mask is None:  # one bias for every window of the batch, broadcast
+            layout = self._layout(n, mask, q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.biases[0], dropout_p=0.0, scale=self.scale)
+        else:  # windows grouped by (mask pattern, real rows); padding rows stay zero: the block crops them away
+            rows = rows if rows is not None else _all_rows(len(mask), n)
             out = torch.zeros_like(q)
             for index, bias, real in self._layout(n, mask, q.dtype, rows).groups(b):
                 if real is None:
@@ -75,15 +79,6 @@ class CachedBiasWindowAttention(swin_unetr.WindowAttention):
                     part = F.scaled_dot_product_attention(q[index][:, :, real], k[index], v[index], attn_mask=bias,
                                                           dropout_p=0.0, scale=self.scale)  # fmt: skip
                     out[index[:, None], :, real[None, :]] = part.transpose(1, 2)
-        elif mask is None:  # one bias for every window of the batch, broadcast
-            layout = self._layout(n, mask, q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.biases[0], dropout_p=0.0, scale=self.scale)
-        else:  # the windows of each mask pattern together, against that pattern's bias
-            layout = self._layout(n, mask, q.dtype)
-            out = torch.empty_like(q)
-            for index, bias in zip(layout.windows_by_pattern(b), layout.biases, strict=True):
-                out[index] = F.scaled_dot_product_attention(q[index], k[index], v[index], attn_mask=bias,
-                                                            dropout_p=0.0, scale=self.scale)  # fmt: skip
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
     def _layout(
@@ -119,7 +114,6 @@ class BiasLayout:
     def __init__(self, biases: list[torch.Tensor], pattern_of_window: torch.Tensor | None) -> None:
         self.biases = biases
         self.pattern_of_window = pattern_of_window
-        self._positions: dict[int, list[torch.Tensor]] = {}
 
     @classmethod
     def build(cls, rel: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> BiasLayout:
@@ -130,14 +124,6 @@ class BiasLayout:
         biases = [(rel + pattern).unsqueeze(0).to(dtype).contiguous() for pattern in patterns]
         return cls(biases, pattern_of_window)
 
-    def windows_by_pattern(self, batch: int) -> list[torch.Tensor]:
-        """Per pattern, its positions in a batch of ``batch`` windows (whole images' windows, in order)."""
-        if batch not in self._positions:
-            assert self.pattern_of_window is not None, "an unshifted block has one bias for all windows"
-            pattern = self.pattern_of_window[torch.arange(batch) % len(self.pattern_of_window)]
-            self._positions[batch] = [(pattern == p).nonzero().squeeze(1) for p in range(len(self.biases))]
-        return self._positions[batch]
-
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.biases)
@@ -145,6 +131,9 @@ class BiasLayout:
 
 class RowLayout:
     """A block's biases for its windows' real rows (:class:`QueryRows`), by (mask pattern, row pattern).
+
+    Every block with several biases runs through it: a shifted block without padding has one row pattern
+    with every row real (:func:`_all_rows`), so its windows are simply grouped by mask pattern.
 
     Each combination of a mask pattern and a row pattern that occurs keeps one bias: the whole
     pattern's where every row is real, else only the real rows' (a copy). The full biases of
@@ -201,6 +190,12 @@ class QueryRows:
 
     pattern_of_window: torch.Tensor  # (windows of one image,) index into ``rows``
     rows: tuple[torch.Tensor, ...]  # per pattern, the real rows of a window (ascending)
+
+
+@functools.lru_cache(maxsize=64)
+def _all_rows(windows: int, n: int) -> QueryRows:
+    """Every row of every window real (a shifted block without padding): one row pattern."""
+    return QueryRows(torch.zeros(windows, dtype=torch.long), (torch.arange(n),))
 
 
 @functools.lru_cache(maxsize=64)
