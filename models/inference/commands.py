@@ -76,6 +76,9 @@ def segment(
     # the first scan is read while torch, MONAI and the model load (models.io.read_ahead), the next
     # one while the current one is segmented
     with ReadAhead(inputs, lambda src: load_ct(resolve_input(src))) as reads:
+        from models.monai_import import import_monai
+
+        import_monai()  # without the plotting libraries MONAI would load for nothing (models.monai_import)
         from models.inference.options import SegmentOptions, parse_organ_list
         from models.inference.segmenter import ModelDirError, Segmenter
         from models.inference.writers import write_outputs
