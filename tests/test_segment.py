@@ -321,6 +321,9 @@ def test_written_files(phantom, tmp_path: Path) -> None:
     assert (out / "preview.png").read_bytes()[:4] == b"\x89PNG"
     # the legend's organs come from the statistics: the same picture as finding them in the map again
     ct = result.ct
+    view = result.canonical_labels(copy=False)  # what the writer draws from: no copy, and nothing can write it
+    np.testing.assert_array_equal(view, result.canonical_labels())
+    assert np.shares_memory(view, result.labels) and not view.flags.writeable and result.labels.flags.writeable
     save_preview(ct.array, result.canonical_labels(), ct.spacing, result.label_info, tmp_path / "again.png",
                  title=f"scan.nii.gz  (LPS {'x'.join(map(str, ct.source.shape))})")  # fmt: skip
     assert (tmp_path / "again.png").read_bytes() == (out / "preview.png").read_bytes()

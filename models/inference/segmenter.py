@@ -76,9 +76,18 @@ class SegmentationResult:
     def organ_names(self) -> dict[int, str]:
         return {i: info.name for i, info in self.label_info.items() if i != 0}
 
-    def canonical_labels(self) -> np.ndarray:
-        """The label map on ``ct.array``'s grid (for overlays on the canonical HU volume)."""
-        return np.array(apply_orientation(self.labels, self.ct.source.to_canonical_transform), order="K", copy=True)
+    def canonical_labels(self, copy: bool = True) -> np.ndarray:
+        """The label map on ``ct.array``'s grid (for overlays on the canonical HU volume).
+
+        ``copy=False`` gives a read-only view (flipped and transposed strides): enough to slice a few planes,
+        and free, where the copy of a 512 x 512 x 300 map stored LPS takes 0.2 s (reversed strides).
+        """
+        view = apply_orientation(self.labels, self.ct.source.to_canonical_transform)
+        if not copy:
+            view = view.view()
+            view.flags.writeable = False
+            return view
+        return np.array(view, order="K", copy=True)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -108,7 +108,7 @@ def write_outputs(
         shape = "x".join(map(str, ct.source.shape))
         title = f"{Path(str(ct.meta.get('path', ''))).name}  ({ct.source.axcodes} {shape})"
         found = [o["id"] for o in result.stats["organs"] if o["voxels"] > 0]
-        written["preview"] = save_preview(ct.array, result.canonical_labels(), ct.spacing, result.label_info,
+        written["preview"] = save_preview(ct.array, result.canonical_labels(copy=False), ct.spacing, result.label_info,
                                           out_dir / "preview.png", title=title, present=found)
     result.timings["write"] = time.perf_counter() - t0
     written["report"] = write_report(result, out_dir / "report.json", written)
