@@ -18,6 +18,7 @@ from models.inference.window_attention import (
 )
 
 ROI = (64, 32, 32)  # stage 1: 32 x 16 x 16 tokens in 5 x 3 x 3 shifted windows of 7³ (masks and padding exercised)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 def _pair(seed: int = 0) -> tuple[SwinUNETR, SwinUNETR]:
@@ -142,16 +143,18 @@ def test_attention_runs_only_for_real_tokens(monkeypatch: pytest.MonkeyPatch) ->
     assert sum(queries) == 2 * 2 * 32 * 16 * 16  # two blocks, two images, real tokens only (padded: 15,435)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size", [14, 10])  # a multiple of the window (no padding, every row real), then padded
-def test_a_basic_layer_matches_monai_with_and_without_padding(size: int) -> None:
+def test_a_basic_layer_matches_monai_with_and_without_padding(size: int, device: str) -> None:
     torch.manual_seed(0)
     reference = swin_unetr.BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0.0, 0.0],
                                       use_flash_attention=True).eval()  # fmt: skip
     for module in reference.modules():
         if isinstance(module, swin_unetr.WindowAttention):
             torch.nn.init.normal_(module.relative_position_bias_table, std=1.0)
+    reference = reference.to(device)  # on CUDA the masks and biases live there, the row indices start on the CPU
     fast = copy.deepcopy(reference)
     enable_fast_attention(fast, True)
-    x = torch.rand(2, 12, size, size, size)
+    x = torch.rand(2, 12, size, size, size, device=device)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), reference(x), rtol=1e-5, atol=1e-5)

@@ -153,7 +153,7 @@ class RowLayout:
             mask_pattern = torch.zeros(windows, dtype=torch.long)
         else:
             assert len(layout.pattern_of_window) == windows, "the mask and the rows describe different layouts"
-            mask_pattern = layout.pattern_of_window
+            mask_pattern = layout.pattern_of_window.cpu()  # on the mask's device; the row patterns are on the CPU
         combined = mask_pattern * len(rows.rows) + rows.pattern_of_window
         combos = []
         for combo in torch.unique(combined).tolist():
@@ -164,11 +164,18 @@ class RowLayout:
         return cls(combos, windows)
 
     def groups(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """Per combination: its positions in a batch of ``batch`` windows (whole images'), bias, real rows."""
+        """Per combination: its positions in a batch of ``batch`` windows (whole images'), bias, real rows.
+
+        The index tensors are put on the bias's device once here, so a GPU run does not copy them from
+        the host on every call.
+        """
         if batch not in self._groups:
             images = torch.arange(0, batch, self.windows)
-            self._groups[batch] = [((images[:, None] + where[None, :]).reshape(-1).sort().values, bias, real)
-                                   for where, bias, real in self.combos]
+            self._groups[batch] = [
+                ((images[:, None] + where[None, :]).reshape(-1).sort().values.to(bias.device), bias,
+                 None if real is None else real.to(bias.device))
+                for where, bias, real in self.combos
+            ]  # fmt: skip
         return self._groups[batch]
 
     @property
