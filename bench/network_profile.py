@@ -8,11 +8,14 @@ the same weights and input, timed in the same run (median of ``--repeats`` forwa
 - ``monai_sdpa``: MONAI's SDPA path (``use_flash_attention=True``),
 - ``asa_cached``: ASA-CT's fast path, SDPA with the bias built once per window layout
   (:mod:`models.inference.window_attention`) and channels-last convolution weights
-  (:func:`models.inference.predict.conv_layout`), in one stream of ``--threads`` threads;
+  (:func:`models.inference.predict.conv_layout`) with channels-last instance norm, in one stream of
+  ``--threads`` threads;
 - ``asa_cached_streams``: the same, as ``asa segment`` runs it on CPU: ``CPU_STREAMS`` threads of
   ``threads / CPU_STREAMS`` intra-op threads, each with ``--batch`` windows (time per ``--batch`` windows);
 - ``asa_cached_streams_default_layout``: the same with PyTorch's default (channels-first) weights, the
   route before channels-last;
+- ``asa_cached_streams_pytorch_norm``: the same with PyTorch's instance norm, which copies channels-last
+  tensors to channels-first (the route before :mod:`models.inference.channels_last_norm`);
 - ``asa_cached_streams_all_rows``: the same with MONAI's blocks, which compute attention for the padding's
   queries too (the route before :class:`models.inference.window_attention.PaddingAwareSwinBlock`);
 - ``asa_cached_bf16``, ``asa_cached_streams_bf16``: the same two under bf16 autocast, as ``asa segment
@@ -39,6 +42,7 @@ from jsonout import emit_json
 from monai.networks.nets import SwinUNETR, swin_unetr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.inference.channels_last_norm import enable_channels_last_norm
 from models.inference.predict import CPU_STREAMS, conv_layout, stream_windows
 from models.inference.segmenter import cpu_has_native_bf16
 from models.inference.window_attention import PaddingAwareSwinBlock, enable_fast_attention
@@ -50,7 +54,7 @@ GROUPS = {  # exact operator names
     "elementwise add (residuals, attention bias + mask)": ("aten::add", "aten::add_"),
     "copies and reshapes (window partition, roll)": ("aten::copy_", "aten::cat"),
     "shifted-window mask building": ("aten::masked_fill_", "aten::index", "aten::ne", "aten::eq", "aten::sub"),
-    "normalisation": ("aten::native_batch_norm", "aten::native_layer_norm"),
+    "normalisation": ("aten::native_batch_norm", "aten::native_layer_norm", "aten::sum", "aten::addcmul"),
     "linear layers": ("aten::addmm", "aten::mm", "aten::bmm"),
 }
 
@@ -106,6 +110,8 @@ def main(threads: int, batch: int, repeats: int) -> dict:
     asa_default_layout = copy.deepcopy(monai_sdpa)
     enable_fast_attention(asa_default_layout, True)
     asa = copy.deepcopy(asa_default_layout).to(memory_format=conv_layout(torch.device("cpu"), fast_path=True))
+    pytorch_norm = copy.deepcopy(asa)  # PyTorch's instance norm on channels-last tensors, the route before
+    enable_channels_last_norm(asa, True)
     x = torch.rand(batch, 1, 64, 64, 64)
     times = {
         name: _median_forward(net, x, repeats)
@@ -115,6 +121,9 @@ def main(threads: int, batch: int, repeats: int) -> dict:
     times["asa_cached_streams"] = _median_forward(_in_streams(asa), x_streams, repeats) / CPU_STREAMS
     times["asa_cached_streams_default_layout"] = (
         _median_forward(_in_streams(asa_default_layout), x_streams, repeats) / CPU_STREAMS
+    )
+    times["asa_cached_streams_pytorch_norm"] = (
+        _median_forward(_in_streams(pytorch_norm), x_streams, repeats) / CPU_STREAMS
     )
     all_rows = copy.deepcopy(asa)  # attention for the padding's queries too, as before PaddingAwareSwinBlock
     for module in all_rows.modules():
@@ -145,6 +154,9 @@ def main(threads: int, batch: int, repeats: int) -> dict:
         "speedup_streams_vs_one_stream": round(times["asa_cached"] / times["asa_cached_streams"], 3),
         "speedup_channels_last_vs_default_layout": round(
             times["asa_cached_streams_default_layout"] / times["asa_cached_streams"], 3
+        ),
+        "speedup_channels_last_norm_vs_pytorch_norm": round(
+            times["asa_cached_streams_pytorch_norm"] / times["asa_cached_streams"], 3
         ),
         "speedup_real_rows_vs_all_rows": round(times["asa_cached_streams_all_rows"] / times["asa_cached_streams"], 3),
         "max_abs_diff_vs_monai_sdpa": max_diff,

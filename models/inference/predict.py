@@ -16,6 +16,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from models.data.transforms import THIN_SCAN_PADDING
+from models.inference.channels_last_norm import enable_channels_last_norm
 from models.inference.onednn_conv import enable_onednn_convolutions
 from models.inference.threads import torch_thread_pool
 from models.inference.window_attention import enable_fast_attention
@@ -105,7 +106,9 @@ def predict_probabilities(
     """
     enable_fast_attention(network, fast_path)
     enable_onednn_convolutions(network, fast_path and device.type == "cpu")
-    network.to(memory_format=conv_layout(device, fast_path))
+    layout = conv_layout(device, fast_path)
+    network.to(memory_format=layout)
+    enable_channels_last_norm(network, layout == torch.channels_last_3d)
     inferer = SlidingWindowInferer(
         roi_size=roi,
         sw_batch_size=sw_batch_size,
