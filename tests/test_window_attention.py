@@ -13,6 +13,7 @@ from models.inference.window_attention import (
     CachedBiasWindowAttention,
     PaddingAwareSwinBlock,
     enable_fast_attention,
+    mask_patterns,
     query_rows,
     window_bias_bytes,
 )
@@ -158,3 +159,13 @@ def test_a_basic_layer_matches_monai_with_and_without_padding(size: int, device:
     x = torch.rand(2, 12, size, size, size, device=device)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [(35, 21, 21), (14, 14, 14), (21, 14, 7)])
+def test_mask_patterns_group_windows_as_comparing_whole_masks_does(dims: tuple[int, int, int]) -> None:
+    mask = swin_unetr.compute_mask(list(dims), (7, 7, 7), (3, 3, 3), torch.device("cpu"))
+    pattern, first = mask_patterns(mask)
+    _, reference = torch.unique(mask, dim=0, return_inverse=True)
+    assert torch.equal(pattern[:, None] == pattern[None, :], reference[:, None] == reference[None, :])
+    assert torch.equal(mask[first[pattern]], mask)  # each window's pattern is represented by an equal slice
+    assert all(int(first[p]) == int((pattern == p).nonzero()[0]) for p in range(len(first)))  # the first window

@@ -120,13 +120,30 @@ class BiasLayout:
         """From the (heads, n, n) relative-position bias and the block's (windows, n, n) mask, if shifted."""
         if mask is None:
             return cls([rel.unsqueeze(0).to(dtype).contiguous()], None)
-        patterns, pattern_of_window = torch.unique(mask, dim=0, return_inverse=True)
-        biases = [(rel + pattern).unsqueeze(0).to(dtype).contiguous() for pattern in patterns]
+        pattern_of_window, first = mask_patterns(mask)
+        biases = [(rel + mask[window]).unsqueeze(0).to(dtype).contiguous() for window in first.tolist()]
         return cls(biases, pattern_of_window)
 
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.biases)
+
+
+def mask_patterns(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows with equal (n, n) slices of a shifted block's mask: (pattern of each window, first window of each).
+
+    MONAI's mask is 0 between two tokens of the same region of the rolled volume and -100 between regions,
+    so a slice is fixed by which tokens share a region: per token, the first token of its region (the first
+    zero of its row). Comparing those n numbers per window instead of the n² mask entries (``torch.unique``
+    over the whole mask sorted 125 x 343² floats, 0.15-0.3 s of a process's first window batch) gives the
+    same grouping.
+    """
+    first_of_region = (mask == 0).to(torch.uint8).argmax(-1)  # (windows, n): argmax gives the first maximum
+    _, pattern_of_window = torch.unique(first_of_region, dim=0, return_inverse=True)
+    windows = torch.arange(len(mask), device=mask.device)
+    first = torch.full((int(pattern_of_window.max()) + 1,), len(mask), dtype=torch.long, device=mask.device)
+    first.scatter_reduce_(0, pattern_of_window, windows, reduce="amin")
+    return pattern_of_window, first
 
 
 class RowLayout:
