@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.inference.module_switch import switch_modules
+
 # positions summed side by side: a (positions, channels) column sum over rows of only C (12-96) floats
 # vectorises poorly, so rows of GROUP positions x C channels are summed, then the GROUP partial sums
 GROUP = 16
@@ -76,8 +78,4 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
 
 def enable_channels_last_norm(network: nn.Module, enabled: bool) -> None:
     """Switch the channels-last route on (or PyTorch's own instance norm back on) in every ``InstanceNorm3d``."""
-    for module in network.modules():
-        if type(module) is nn.InstanceNorm3d or isinstance(module, ChannelsLastInstanceNorm3d):
-            if not isinstance(module, ChannelsLastInstanceNorm3d):
-                module.__class__ = ChannelsLastInstanceNorm3d
-            module.channels_last = enabled
+    switch_modules(network, nn.InstanceNorm3d, ChannelsLastInstanceNorm3d, "channels_last", enabled)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.inference.module_switch import switch_modules
+
 
 class OneDnnConv3d(nn.Conv3d):
     """``nn.Conv3d`` that sends batch-1 float32 CPU inputs with gradients off to oneDNN (when ``onednn``).
@@ -48,8 +50,4 @@ class OneDnnConv3d(nn.Conv3d):
 
 def enable_onednn_convolutions(network: nn.Module, enabled: bool) -> None:
     """Switch the batch-1 oneDNN route on (or PyTorch's own choice back on) in every ``nn.Conv3d``."""
-    for module in network.modules():
-        if type(module) is nn.Conv3d or isinstance(module, OneDnnConv3d):
-            if not isinstance(module, OneDnnConv3d):
-                module.__class__ = OneDnnConv3d
-            module.onednn = enabled
+    switch_modules(network, nn.Conv3d, OneDnnConv3d, "onednn", enabled)
