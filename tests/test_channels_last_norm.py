@@ -100,3 +100,14 @@ def test_a_swin_unetr_forward_on_the_fast_path_matches_pytorch_s_norm() -> None:
     with torch.inference_mode():
         logits = net(x.contiguous(memory_format=CL))
     torch.testing.assert_close(with_switch, torch.softmax(logits, 1)[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 8, 8, 8), (1, 5, 7, 5, 3)])
+def test_the_squares_summed_chunk_by_chunk_give_the_same_values(shape, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small chunks (one row at a time; 100 rows then a partial 5) against PyTorch, as at 64³ in use."""
+    monkeypatch.setattr(channels_last_norm, "CHUNK_FLOATS", 500)
+    norm = _norm(shape[1], affine=True)
+    x = (torch.randn(shape) * 3 + 5).contiguous(memory_format=CL)
+    with torch.no_grad():
+        torch.testing.assert_close(channels_last_instance_norm(x, norm.weight, norm.bias, norm.eps),
+                                   norm(x.contiguous()), rtol=0, atol=2e-6)
