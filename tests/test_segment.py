@@ -27,7 +27,7 @@ from segment_helpers import (
 from models.inference import Segmenter, SegmentOptions, write_outputs
 from models.inference.memory import CPU_MAX_BATCH, choose_batch, window_bytes
 from models.inference.options import resolve_organs
-from models.inference.preview import _planes, save_preview
+from models.inference.preview import _centre, _planes, save_preview
 from models.inference.resample import resample_labels, resample_labels_interpolated
 from models.inference.stats import label_boxes, organ_stats, stats_csv
 from models.io.reader import load_ct
@@ -327,6 +327,29 @@ def test_written_files(phantom, tmp_path: Path) -> None:
     save_preview(ct.array, result.canonical_labels(), ct.spacing, result.label_info, tmp_path / "again.png",
                  title=f"scan.nii.gz  (LPS {'x'.join(map(str, ct.source.shape))})")  # fmt: skip
     assert (tmp_path / "again.png").read_bytes() == (out / "preview.png").read_bytes()
+
+
+def test_preview_centre_on_flipped_and_transposed_views() -> None:
+    """The preview's centre (mean occupied slice per axis) is the same whatever strides the map is viewed with."""
+
+    def occupied_mean(labels: np.ndarray) -> np.ndarray:
+        centre = np.array([(s - 1) / 2 for s in labels.shape])
+        for axis in range(3):
+            occupied = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
+            if occupied.size == 0:
+                return np.array([(s - 1) / 2 for s in labels.shape])
+            centre[axis] = occupied.mean()
+        return centre
+
+    rng = np.random.default_rng(0)
+    for n_voxels in (0, 1, 3, 8):
+        labels = np.zeros((7, 9, 5), dtype=np.uint8)
+        for _ in range(n_voxels):
+            labels[tuple(rng.integers(0, s) for s in labels.shape)] = rng.integers(1, 5)
+        views = (labels, labels[::-1], labels[:, ::-1, ::-1], np.asfortranarray(labels)[::-1].transpose(2, 0, 1),
+                 labels.T[:, ::-1])  # fmt: skip
+        for view in views:
+            np.testing.assert_array_equal(_centre(view), occupied_mean(view))
 
 
 def test_preview_is_radiological_with_the_organ_colour_blended(tmp_path: Path) -> None:

@@ -59,9 +59,19 @@ def _axis_corners(scale: float, offset: float, n_dst: int, n_src: int) -> tuple[
     return lower, np.minimum(lower + 1, n_src - 1), (coord - lower).astype(np.float32)
 
 
-def _rows_of(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``t[index]`` along the first dimension: ``index_select``, which skips advanced indexing's general path."""
-    return t.index_select(0, index)
+def _padded_rows(probs: torch.Tensor) -> torch.Tensor:
+    """(C, X, Y, Z) -> ((Z + 2) * (X + 2) * (Y + 2), C): each voxel's class vector as one row, with a zero border.
+
+    Rows in model-slice order (z, then x, then y), so the corners a target slice reads lie close together;
+    the border rows are zero vectors, which clamped indices outside the box read. Only the border is
+    zeroed: the interior is written once, by the transposing copy.
+    """
+    n_classes, nx, ny, nz = probs.shape
+    rows = np.empty((nz + 2, nx + 2, ny + 2, n_classes), dtype=np.float32)
+    for face in (rows[0], rows[-1], rows[:, 0], rows[:, -1], rows[:, :, 0], rows[:, :, -1]):
+        face.fill(0.0)
+    rows[1:-1, 1:-1, 1:-1] = probs.numpy().transpose(3, 1, 2, 0)
+    return torch.from_numpy(rows.reshape(-1, n_classes))
 
 
 def _plane_uniform(labels: np.ndarray) -> np.ndarray:
@@ -88,9 +98,10 @@ def resample_labels_interpolated(
 
     Why it is cheap: a target voxel whose 8 surrounding model voxels all carry label k takes k (a convex
     combination of vectors that all peak at k peaks at k). So only the voxels of cells that straddle a
-    boundary are interpolated. Target slices come in runs between the same two model slices; per run,
-    each of the two model slices is blended along x and then y at those voxels only, and each target
-    slice of the run is then one blend along z and an argmax. Rotated grids fall back to nearest.
+    boundary are interpolated, and the work grows with the organs' surface, not the scan's size: per run
+    of target slices between the same two model slices, each of the two is blended along x and then y
+    at those voxels only (from their four corners' class vectors), and each target slice of the run is
+    then one blend along z and an argmax. Rotated grids fall back to nearest.
     """
     labels = np.asarray(labels)
     linear, offset = _target_to_source(src_affine, dst_affine)
@@ -99,61 +110,61 @@ def resample_labels_interpolated(
     (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (
         _axis_corners(np.diag(linear)[a], offset[a], dst_shape[a], labels.shape[a]) for a in range(3)
     )
-    # One model slice at a time, the probabilities are laid out channel-last with a zero border: model
-    # indices outside the box read a zero vector (index 0 or the last), inside the box they shift by one.
-    n_classes = probs.shape[0]
-    zero = torch.zeros((probs.shape[1] + 2, probs.shape[2] + 2, n_classes))
-    # (Z, X, Y, C): one model slice contiguous, channel last (numpy's transposing copy: 2x torch's permute)
-    by_z = torch.from_numpy(np.ascontiguousarray(probs.numpy().transpose(3, 1, 2, 0)))
+    # Every model voxel's class vector is one row, with a zero border: model indices outside the box read
+    # a zero vector (index 0 or the last), inside the box they shift by one.
+    rows = _padded_rows(probs)
+    step_x = probs.shape[2] + 2  # rows from one padded x to the next; a padded slice holds (X + 2) of them
+    step_z = (probs.shape[1] + 2) * step_x
 
-    def in_box(index: np.ndarray, axis: int) -> torch.Tensor:
-        return torch.from_numpy(np.clip(index - box[axis].start + 1, 0, box[axis].stop - box[axis].start + 1))
+    def in_box(index: np.ndarray, axis: int) -> np.ndarray:
+        return np.clip(index - box[axis].start + 1, 0, box[axis].stop - box[axis].start + 1)
 
-    bx0, bx1, by0, by1 = in_box(x0, 0), in_box(x1, 0), in_box(y0, 1), in_box(y1, 1)
-    ux, uy = torch.from_numpy(wx)[:, None, None], torch.from_numpy(wy)[:, None]
-    flat_row = probs.shape[2] + 2  # rows of a slice blended along x, flattened
+    # per target x and y: the padded row offsets of the lower and upper model neighbour, and the upper weight
+    x_lo, x_hi = (torch.from_numpy(in_box(i, 0) * step_x) for i in (x0, x1))
+    y_lo, y_hi = (torch.from_numpy(in_box(i, 1)) for i in (y0, y1))
+    z_lo, z_hi = in_box(z0, 2) * step_z, in_box(z1, 2) * step_z
+    ux, uy = torch.from_numpy(wx), torch.from_numpy(wy)
 
-    def along_x(z: int) -> torch.Tensor:
-        """Model slice ``z`` blended along x at every target x: (target X * (Y + 2), C)."""
-        plane = zero
-        if box[2].start <= z < box[2].stop:
-            plane = zero.clone()
-            plane[1:-1, 1:-1] = by_z[z - box[2].start]
-        return torch.lerp(_rows_of(plane, bx0), _rows_of(plane, bx1), ux).reshape(-1, n_classes)
+    def bilinear(plane: int, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Class vectors of the model slice at padded row offset ``plane``, at target voxels (xs, ys): (n, C)."""
+        corner = [rows.index_select(0, plane + x[xs] + y[ys]) for y in (y_lo, y_hi) for x in (x_lo, x_hi)]
+        wx_, wy_ = ux[xs, None], uy[ys, None]
+        return torch.lerp(torch.lerp(corner[0], corner[1], wx_), torch.lerp(corner[2], corner[3], wx_), wy_)
 
-    uniform = _plane_uniform(labels).transpose(2, 0, 1).copy()  # (Z, X, Y): one model slice contiguous
-    by_slice = labels.transpose(2, 0, 1).copy()
+    # (Z, Y, X): one model slice contiguous, rows and columns as in a target slice of ``out``
+    uniform = _plane_uniform(labels).transpose(2, 1, 0).copy()
+    by_slice = labels.transpose(2, 1, 0).copy()
 
     def on_target(plane: np.ndarray) -> np.ndarray:
-        """A model slice (X, Y) at every target (x, y)'s lower corner: (target X, target Y)."""
-        return plane.take(x0, axis=0).take(y0, axis=1)
+        """A model slice (Y, X) at every target (y, x)'s lower corner: (target Y, target X)."""
+        return plane.take(y0, axis=0).take(x0, axis=1)
 
     # (Z, Y, X) in C order is (X, Y, Z) in Fortran order, the reader's layout for NIfTI scans: the label map
     # then walks memory like the HU volume (statistics) and the file it is saved to, with no transposing copy
     out = np.empty((dst_shape[2], dst_shape[1], dst_shape[0]), dtype=np.uint8)
 
     def fill(slices: range) -> None:
-        """Target slices ``slices`` of ``out``; each worker thread takes one contiguous range."""
-        pair, blended = (-1, -1), {}
+        """Target slices ``slices`` of ``out``; each worker thread takes one contiguous range.
+
+        Target slices come in runs between the same two model slices a and b: per run, the voxels of
+        cells that straddle a boundary are interpolated in a and in b (bilinear, from four corner rows
+        each), and each target slice of the run is then one blend along z and an argmax there.
+        """
+        pair = (-1, -1)
         for k in slices:
             a, b = int(z0[k]), int(z1[k])
             if (a, b) != pair:  # a new run of target slices between model slices a and b
                 pair = (a, b)
-                nearest = on_target(by_slice[a]).T.copy()  # (Y, X): out[k]'s layout
-                cell_uniform = uniform[a] & uniform[b] & (by_slice[b] == by_slice[a])
-                todo = np.flatnonzero(~on_target(cell_uniform))  # target (x, y) as x * Y + y
+                nearest = on_target(by_slice[a])
+                straddle = ~(uniform[a] & uniform[b] & (by_slice[b] == by_slice[a]))
+                todo = np.flatnonzero(on_target(straddle)) if straddle.any() else np.empty(0, dtype=np.intp)
                 if len(todo):
-                    rows, cols = np.divmod(todo, dst_shape[1])
-                    flat = cols * dst_shape[0] + rows  # the same voxels in out[k]'s (Y, X) order
-                    r, c = torch.from_numpy(rows) * flat_row, torch.from_numpy(cols)
-                    pick0, pick1, weight = r + by0[c], r + by1[c], uy[c]
-                    blended = {z: blended.get(z) if z in blended else along_x(z) for z in (a, b)}  # b is next a
-                    at_a, at_b = (torch.lerp(_rows_of(blended[z], pick0), _rows_of(blended[z], pick1), weight)
-                                  for z in (a, b))
+                    ys, xs = (torch.from_numpy(i) for i in np.divmod(todo, dst_shape[0]))
+                    at_a, at_b = bilinear(int(z_lo[k]), xs, ys), bilinear(int(z_hi[k]), xs, ys)
             out[k] = nearest
             if len(todo):
                 value = torch.lerp(at_a, at_b, float(wz[k]))  # (voxels to do, C)
-                out[k].reshape(-1)[flat] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
+                out[k].reshape(-1)[todo] = value.max(dim=1).indices.numpy()  # first maximum, as argmax
 
     workers = max(1, min(torch.get_num_threads(), dst_shape[2]))
     bounds = np.linspace(0, dst_shape[2], workers + 1).astype(int)
