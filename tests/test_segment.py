@@ -189,6 +189,22 @@ def test_label_boxes_are_find_objects_in_either_memory_layout(order: str, worker
     assert got[6] == (slice(0, 30), slice(0, 20), slice(0, 10))
 
 
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_label_boxes_are_find_objects_on_any_view(workers: int) -> None:
+    """Flipped, transposed, strided and empty maps: the boxes are ``find_objects``' on the view as given."""
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 9, 3))
+        labels = np.zeros(shape, dtype=np.uint8)
+        for _ in range(rng.integers(0, 6)):
+            labels[tuple(rng.integers(0, n) for n in shape)] = rng.integers(1, 7)
+        views = (labels, np.asfortranarray(labels), labels[::-1], labels[:, ::-1, ::-1], labels.T[:, ::-1],
+                 np.asfortranarray(labels)[::-1].transpose(2, 0, 1), labels[::2])  # fmt: skip
+        for view in views:
+            assert label_boxes(view, workers=workers) == ndimage.find_objects(view)
+    assert label_boxes(np.zeros((0, 4, 4), dtype=np.uint8)) == []
+
+
 def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     shape, spacing = (30, 26, 20), (0.8, 0.9, 2.5)

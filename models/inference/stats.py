@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from models.io.reader import CTImage
@@ -32,34 +33,82 @@ def coordinate_system(ct: CTImage) -> str:
     return "LPS" if ct.meta.get("format") in LPS_FORMATS else "RAS"
 
 
-def label_boxes(labels: np.ndarray, workers: int = 1) -> list[tuple[slice, ...] | None]:
-    """``ndimage.find_objects`` (box of label ``i`` at ``[i - 1]``, None where absent), read in memory order.
+def memory_order(array: np.ndarray) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    """``array`` as a tensor that walks its memory forwards, the axis each of its axes is, and the reversed axes.
 
-    ``find_objects`` walks the array in C order; on a Fortran-ordered map (NIfTI's layout, which the
-    reader keeps) that is a strided walk, 13x slower on 512 x 512 x 300 (3.6 against 0.27 s). The
-    transpose of a Fortran array is a C-ordered view, so it is scanned instead and the boxes reversed.
-    ``workers``: slabs of the outermost axis scanned in that many threads (``find_objects`` releases the
-    GIL), their boxes then merged.
+    Axes go by decreasing stride and none is reversed, so torch's reductions read memory in order (and a
+    flipped view such as the canonical view of an LPS map becomes a tensor at all). Read only: torch warns
+    on read-only arrays, and nothing writes through this tensor.
+    """
+    flipped = tuple(a for a in range(array.ndim) if array.strides[a] < 0)
+    order = tuple(sorted(range(array.ndim), key=lambda a: -abs(array.strides[a])))
+    forward = (np.flip(array, flipped) if flipped else array).transpose(order)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(forward), order, flipped
+
+
+def label_boxes(labels: np.ndarray, workers: int = 1) -> list[tuple[slice, ...] | None]:
+    """``ndimage.find_objects`` (box of label ``i`` at ``[i - 1]``, None where absent), scanning only labelled rows.
+
+    Why not ``find_objects`` on the whole map: it visits every voxel, and most are background (0.13 s on
+    a 512 x 512 x 300 map whose only organ is the liver). Here torch's max along rows and columns (fast,
+    vectorised) gives each slice's labelled rectangle, and ``find_objects`` runs on that rectangle only
+    (0.025 s for the liver; 0.13 against 0.18 s with 13 organs, one thread). Slices are taken in memory
+    order (NIfTI's Fortran order, which the reader keeps, through its transpose; a flipped view forwards),
+    boxes then mapped back. ``workers``: slices shared among that many threads (``find_objects`` releases
+    the GIL).
     """
     if not labels.size:
         return []
-    fortran = labels.flags.f_contiguous and not labels.flags.c_contiguous
-    view = labels.T if fortran else labels
-    bounds = np.unique(np.linspace(0, view.shape[0], max(1, workers) + 1).astype(int))
-    slabs = list(itertools.pairwise(int(b) for b in bounds))
-    with ThreadPoolExecutor(len(slabs)) as pool:
-        found = list(pool.map(lambda slab: ndimage.find_objects(view[slab[0] : slab[1]]), slabs))
-    boxes: list[tuple[slice, ...] | None] = [None] * max(len(f) for f in found)
-    for (offset, _), slab_boxes in zip(slabs, found, strict=True):
-        for i, box in enumerate(slab_boxes):
-            if box is None:
-                continue
-            box = (slice(box[0].start + offset, box[0].stop + offset), *box[1:])
-            seen = boxes[i]
-            boxes[i] = box if seen is None else tuple(
+    if labels.ndim != 3:
+        return ndimage.find_objects(labels)
+    values, order, flipped = memory_order(labels)
+    view = values.numpy()
+    rows, columns = (values.amax(dim=2) > 0).numpy(), (values.amax(dim=1) > 0).numpy()  # (P, Q), (P, R)
+
+    def scan(slices: np.ndarray) -> list[tuple[slice, ...] | None]:
+        boxes: list[tuple[slice, ...] | None] = []
+        for p in map(int, slices):
+            q, r = np.flatnonzero(rows[p]), np.flatnonzero(columns[p])
+            found = ndimage.find_objects(view[p, q[0] : q[-1] + 1, r[0] : r[-1] + 1])
+            plane = [None if b is None else (slice(p, p + 1), _shift(b[0], q[0]), _shift(b[1], r[0])) for b in found]
+            boxes = _merge_boxes(boxes, plane)
+        return boxes
+
+    labelled = np.flatnonzero(rows.any(axis=1))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        parts = list(pool.map(scan, np.array_split(labelled, max(1, min(workers, len(labelled))))))
+    boxes: list[tuple[slice, ...] | None] = []
+    for part in parts:
+        boxes = _merge_boxes(boxes, part)
+
+    def back(box: tuple[slice, ...]) -> tuple[slice, ...]:
+        axes = dict(zip(order, box, strict=True))
+        return tuple(
+            slice(labels.shape[a] - axes[a].stop, labels.shape[a] - axes[a].start) if a in flipped else axes[a]
+            for a in range(3)
+        )
+
+    return [None if box is None else back(box) for box in boxes]
+
+
+def _shift(s: slice, offset: int) -> slice:
+    return slice(int(s.start + offset), int(s.stop + offset))
+
+
+def _merge_boxes(
+    boxes: list[tuple[slice, ...] | None], more: list[tuple[slice, ...] | None]
+) -> list[tuple[slice, ...] | None]:
+    """Per label, the box around both (None where neither has one)."""
+    merged = list(boxes) + [None] * (len(more) - len(boxes))
+    for i, box in enumerate(more):
+        if box is not None:
+            seen = merged[i]
+            merged[i] = box if seen is None else tuple(
                 slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(seen, box, strict=True)
             )
-    return [None if box is None else box[::-1] for box in boxes] if fortran else boxes
+    return merged
 
 
 def organ_stats(labels: np.ndarray, ct: CTImage, names: dict[int, str], workers: int = 1) -> dict[str, Any]:
