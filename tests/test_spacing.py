@@ -119,6 +119,9 @@ def test_banded_products_equal_the_dense_ones_zero_rows_included() -> None:
     weights[16:] = 0.0  # a chunk of zero rows only
     w = torch.from_numpy(weights)
     x = torch.from_numpy(rng.normal(size=(50, 33)).astype(np.float32))
+    # the outputs are allocated uninitialised: leave NaN where they will land, so an unwritten row shows
+    torch.full((21, 33), float("nan"))  # freed at once: the next allocation of this size reuses it
     np.testing.assert_allclose(_banded_rows_product(w, x, rows=4).numpy(), (w @ x).numpy(), atol=1e-5)
     y = torch.from_numpy(rng.normal(size=(9, 50)).astype(np.float32))
+    torch.full((9, 21), float("nan"))
     np.testing.assert_allclose(_banded_columns_product(y, w, rows=4).numpy(), (y @ w.T).numpy(), atol=1e-5)

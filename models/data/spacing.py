@@ -173,18 +173,26 @@ def _row_chunks(weights: torch.Tensor, rows: int) -> list[tuple[slice, slice]]:
 
 
 def _banded_rows_product(weights: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``weights @ x`` for a 2-D ``x``, skipping the zeros outside each chunk's band."""
-    out = x.new_zeros((weights.shape[0], x.shape[1]))
+    """``weights @ x`` for a 2-D ``x``, skipping the zeros outside each chunk's band.
+
+    The output is written once: every chunk either multiplies into its rows or zeroes them (zeroing the
+    whole output first cost a pass over ~90 MB on a 512 x 512 x 300 scan).
+    """
+    out = x.new_empty((weights.shape[0], x.shape[1]))
     for out_rows, cols in _row_chunks(weights, rows):
         if cols.stop > cols.start:
             torch.mm(weights[out_rows, cols], x[cols], out=out[out_rows])
+        else:
+            out[out_rows].zero_()
     return out
 
 
 def _banded_columns_product(x: torch.Tensor, weights: torch.Tensor, rows: int) -> torch.Tensor:
-    """``x @ weights.T`` for a 2-D ``x``, skipping the zeros outside each chunk's band."""
-    out = x.new_zeros((x.shape[0], weights.shape[0]))
+    """``x @ weights.T`` for a 2-D ``x``, skipping the zeros outside each chunk's band (each column written once)."""
+    out = x.new_empty((x.shape[0], weights.shape[0]))
     for out_cols, cols in _row_chunks(weights, rows):
         if cols.stop > cols.start:
             out[:, out_cols] = x[:, cols] @ weights[out_cols, cols].T
+        else:
+            out[:, out_cols] = 0.0
     return out
