@@ -205,7 +205,7 @@ def test_label_boxes_are_find_objects_on_any_view(workers: int) -> None:
     assert label_boxes(np.zeros((0, 4, 4), dtype=np.uint8)) == []
 
 
-def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:
+def test_stats_match_numpy_on_a_known_mask(tmp_path: Path, monkeypatch) -> None:
     rng = np.random.default_rng(0)
     shape, spacing = (30, 26, 20), (0.8, 0.9, 2.5)
     hu_ras = rng.normal(40, 30, size=shape).astype(np.float32)
@@ -237,6 +237,14 @@ def test_stats_match_numpy_on_a_known_mask(tmp_path: Path) -> None:
     rows = stats_csv(stats).strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("id,name,voxels,volume_ml")
     assert organ_stats(labels_ras, ct, {1: "a", 2: "b", 3: "absent"}, workers=3) == stats  # in threads, same order
+    import models.inference.stats as stats_module
+
+    monkeypatch.setattr(stats_module, "CHUNK_SLICES", 3)  # several pieces per organ box, shared by two threads
+    pieces = organ_stats(labels_ras, ct, {1: "a", 2: "b", 3: "absent"}, workers=2)
+    for got, want in zip(pieces["organs"], stats["organs"], strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value) if isinstance(value, float | list) else value), key
 
 
 def test_resample_labels_between_grids() -> None:
