@@ -7,6 +7,11 @@ Same run, same data, medians of ``--repeats``:
 - ``preprocess``: scipy's full-resolution blur, MONAI ``Spacing`` and the HU window, against
   ``preprocess`` (blur and ``Spacing`` as one matrix per axis), with the largest difference of the two;
 - ``labels_to_scan_grid`` and ``organ_stats``: one thread against all of torch's threads;
+- ``organ_boxes`` (all organs, and one organ alone: the liver-only maps the cpu-demo model gives on this
+  CT): ``find_objects`` over the whole map in memory order, one thread, against ``label_boxes`` (only each
+  slice's labelled rectangle);
+- ``preview_centre``: numpy's ``any`` on the canonical (flipped) view of the map as the writer sees it,
+  against the preview's ``_centre`` (torch's max in memory order);
 - ``write_labels``: nibabel's ``.nii.gz`` writer (zlib level 1) against ``save_label_nifti`` (ISA-L).
 
 The CT is ``bench/large_ct.py``'s (the real sample's anatomy at 0.7 mm, stored LPS); the label map is the
@@ -35,6 +40,7 @@ import torch
 from jsonout import emit_json
 from monai.data import MetaTensor
 from monai.transforms import ScaleIntensityRange, Spacing
+from nibabel.orientations import apply_orientation
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,14 +50,16 @@ from models.config import DataConfig  # noqa: E402
 from models.data.sample import fetch_sample_data  # noqa: E402
 from models.data.spacing import spacing_grid  # noqa: E402
 from models.data.transforms import anti_alias_array, preprocess  # noqa: E402
+from models.inference.preview import _centre  # noqa: E402
 from models.inference.resample import resample_labels, resample_labels_interpolated  # noqa: E402
-from models.inference.stats import organ_stats  # noqa: E402
+from models.inference.stats import label_boxes, organ_stats  # noqa: E402
 from models.inference.writers import save_label_nifti  # noqa: E402
 from models.io.reader import canonicalise, load_ct  # noqa: E402
 
 MODEL_SPACING = (3.0, 3.0, 4.0)
 HU_WINDOW = {"hu_min": -175.0, "hu_max": 250.0}
 N_LABELS = 14
+ONE_ORGAN = 6  # a large organ of the mapped sample mask (the map's labels are TotalSegmentator's ids mod 14)
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -136,6 +144,24 @@ def main(repeats: int, workdir: Path) -> dict[str, Any]:
     stages["organ_stats"] = {"one_thread": one_thread["organ_stats"],
                              "all_threads": median_time(lambda: stats(threads), repeats),
                              "identical": stats(1) == stats(threads)}  # fmt: skip
+    def whole_map_boxes(labels: np.ndarray) -> list:
+        boxes = ndimage.find_objects(labels.T)  # the Fortran map's memory order
+        return [None if box is None else box[::-1] for box in boxes]
+
+    one_organ = np.asfortranarray(np.where(scan_labels == ONE_ORGAN, ONE_ORGAN, 0).astype(np.uint8))
+    for name, labels in (("organ_boxes", scan_labels), ("organ_boxes_one_organ", one_organ)):
+        stages[name] = {"find_objects": median_time(lambda labels=labels: whole_map_boxes(labels), repeats),
+                        "labelled_rows": median_time(lambda labels=labels: label_boxes(labels, threads), repeats),
+                        "identical": whole_map_boxes(labels) == label_boxes(labels, threads)}  # fmt: skip
+    canonical = apply_orientation(ct.to_source(scan_labels), ct.source.to_canonical_transform)
+
+    def any_centre(labels: np.ndarray) -> np.ndarray:
+        return np.array([np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis))).mean()
+                         for axis in range(3)])  # fmt: skip
+
+    stages["preview_centre"] = {"numpy_any": median_time(lambda: any_centre(canonical), repeats),
+                                "torch_max": median_time(lambda: _centre(canonical), repeats),
+                                "identical": bool(np.array_equal(any_centre(canonical), _centre(canonical)))}
     with tempfile.TemporaryDirectory() as tmp:
         before_path, after_path = Path(tmp) / "nibabel.nii.gz", Path(tmp) / "isal.nii.gz"
         img = nib.Nifti1Image(scan_labels, ct.affine)
