@@ -9,6 +9,7 @@ import threading
 
 import typer
 
+from models.allocator import keep_freed_memory
 from models.asa import commands as asa_commands
 from models.data import commands as data_commands
 from models.evaluation import commands as evaluation_commands
@@ -57,8 +58,10 @@ def main() -> None:
     longer than reading, preprocessing and writing a scan together. When the command has returned, every
     file it wrote is closed; so stdio is flushed, the atexit handlers run (temporary folders, logging), and
     ``os._exit`` ends the process with the command's status. Exceptions other than ``SystemExit``, and
-    runs that leave other threads alive, take Python's normal exit.
+    runs that leave other threads alive, take Python's normal exit. Freed memory stays in the process
+    for the next window's tensors (:mod:`models.allocator`).
     """
+    keep_freed_memory()
     try:
         app()
         code = 0

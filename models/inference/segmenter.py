@@ -59,8 +59,9 @@ class SegmentationResult:
 
     ``labels`` has the input file's shape and voxel order (DICOM: column, row, slice in
     ``ct.meta['sop_instance_uids']`` order) and ``affine`` is the input's affine, so saving them gives a
-    mask that overlays the input voxel for voxel. ``label_info`` holds the background and the organs
-    that were kept (all, or ``--organs``); ``stats`` is :func:`models.inference.stats.organ_stats`.
+    mask that overlays the input voxel for voxel (a view of the canonical map with flipped strides, not a
+    copy). ``label_info`` holds the background and the organs that were kept (all, or ``--organs``);
+    ``stats`` is :func:`models.inference.stats.organ_stats`.
     """
 
     ct: CTImage
@@ -187,7 +188,7 @@ class Segmenter:
             labels = keep[labels]  # other organs -> background, ids unchanged (one lookup, uint8)
         names = {i: self.spec.labels[i].name for i in organ_ids}
         stats = organ_stats(labels, ct, names, workers=torch.get_num_threads())
-        source_labels = ct.to_source(labels)
+        source_labels = ct.to_source(labels, copy=False)  # a view: the result owns the map
         timings["postprocess"] += time.perf_counter() - t0
 
         label_info = {0: self.spec.labels[0]} | {i: self.spec.labels[i] for i in organ_ids}
