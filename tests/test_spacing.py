@@ -108,7 +108,7 @@ def test_the_grid_is_monai_spacing_s_grid() -> None:
 
 def test_banded_products_equal_the_dense_ones_zero_rows_included() -> None:
     """Chunks of rows multiply only the source range they read; a row of zeros reads none and stays zero."""
-    from models.data.spacing import _banded_columns_product, _banded_rows_product
+    from models.data.spacing import _banded_columns_product, _banded_row_slabs, _row_chunks
 
     rng = np.random.default_rng(4)
     weights = np.zeros((21, 50), dtype=np.float32)
@@ -119,9 +119,33 @@ def test_banded_products_equal_the_dense_ones_zero_rows_included() -> None:
     weights[16:] = 0.0  # a chunk of zero rows only
     w = torch.from_numpy(weights)
     x = torch.from_numpy(rng.normal(size=(50, 33)).astype(np.float32))
-    # the outputs are allocated uninitialised: leave NaN where they will land, so an unwritten row shows
-    torch.full((21, 33), float("nan"))  # freed at once: the next allocation of this size reuses it
-    np.testing.assert_allclose(_banded_rows_product(w, x, rows=4).numpy(), (w @ x).numpy(), atol=1e-5)
+    slabs = list(_banded_row_slabs(w, x, rows=4))
+    assert [rows for rows, slab in slabs if slab is None] == [slice(16, 20), slice(20, 21)]
+    dense = (w @ x).numpy()
+    for rows, slab in slabs:
+        np.testing.assert_allclose(np.zeros_like(dense[rows]) if slab is None else slab.numpy(), dense[rows], atol=1e-5)
     y = torch.from_numpy(rng.normal(size=(9, 50)).astype(np.float32))
-    torch.full((9, 21), float("nan"))
-    np.testing.assert_allclose(_banded_columns_product(y, w, rows=4).numpy(), (y @ w.T).numpy(), atol=1e-5)
+    # the output is allocated uninitialised: leave NaN where it will land, so an unwritten column shows
+    torch.full((9, 21), float("nan"))  # freed at once: the next allocation of this size reuses it
+    got = _banded_columns_product(y, w, _row_chunks(w, rows=4))
+    np.testing.assert_allclose(got.numpy(), (y @ w.T).numpy(), atol=1e-5)
+    into = torch.full((9, 21), float("nan"))
+    assert _banded_columns_product(y, w, _row_chunks(w, rows=4), out=into) is into
+    np.testing.assert_allclose(into.numpy(), (y @ w.T).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_separable_product_equals_the_dense_one_with_rows_that_read_nothing(order: str) -> None:
+    """Slabs reduced along two axes at once give the three dense products, zero rows included."""
+    from models.data.spacing import _apply_separable
+
+    rng = np.random.default_rng(5)
+    hu = np.asarray(rng.normal(size=(23, 19, 30)).astype(np.float32), order=order)
+    matrices = [rng.random((n_out, n_in)).astype(np.float32) for n_out, n_in in ((7, 23), (6, 19), (9, 30))]
+    for m in matrices:
+        m[m < 0.6] = 0.0  # banded-ish
+    matrices[0 if order == "C" else 2][2:] = 0.0  # the slabbed axis: chunks of rows that read nothing
+    dense = np.einsum("ai,bj,ck,ijk->abc", *matrices, hu.astype(np.float64))
+    torch.full((7 if order == "C" else 9, 19, 9 if order == "C" else 7), float("nan"))  # poison the output's memory
+    got = _apply_separable(hu, [torch.from_numpy(m) for m in matrices])
+    np.testing.assert_allclose(got, dense, rtol=1e-4, atol=1e-4)
