@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true")
     args = parser.parse_args()
 
+    from models.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the `asa` command line does: freed blocks stay in the process (peak RSS included)
     from models.inference import Segmenter, SegmentOptions, write_outputs
     from models.modeldir import (
         ModelSpec,
