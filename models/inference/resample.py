@@ -125,11 +125,15 @@ def resample_labels_interpolated(
     z_lo, z_hi = in_box(z0, 2) * step_z, in_box(z1, 2) * step_z
     ux, uy = torch.from_numpy(wx), torch.from_numpy(wy)
 
-    def bilinear(plane: int, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Class vectors of the model slice at padded row offset ``plane``, at target voxels (xs, ys): (n, C)."""
-        corner = [rows.index_select(0, plane + x[xs] + y[ys]) for y in (y_lo, y_hi) for x in (x_lo, x_hi)]
-        wx_, wy_ = ux[xs, None], uy[ys, None]
-        return torch.lerp(torch.lerp(corner[0], corner[1], wx_), torch.lerp(corner[2], corner[3], wx_), wy_)
+    def in_plane(xs: torch.Tensor, ys: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Target voxels (xs, ys): their four corners' row offsets within a padded slice, and the x and y weights."""
+        corners = [x[xs] + y[ys] for y in (y_lo, y_hi) for x in (x_lo, x_hi)]
+        return corners, ux[xs, None], uy[ys, None]
+
+    def bilinear(plane: int, corners: list[torch.Tensor], wx_: torch.Tensor, wy_: torch.Tensor) -> torch.Tensor:
+        """Class vectors of the model slice at padded row offset ``plane``, at the voxels of ``in_plane``: (n, C)."""
+        c00, c10, c01, c11 = (rows.index_select(0, plane + offset) for offset in corners)
+        return torch.lerp(torch.lerp(c00, c10, wx_), torch.lerp(c01, c11, wx_), wy_)
 
     # (Z, Y, X): one model slice contiguous, rows and columns as in a target slice of ``out``
     uniform = _plane_uniform(labels).transpose(2, 1, 0).copy()
@@ -160,7 +164,8 @@ def resample_labels_interpolated(
                 todo = np.flatnonzero(on_target(straddle)) if straddle.any() else np.empty(0, dtype=np.intp)
                 if len(todo):
                     ys, xs = (torch.from_numpy(i) for i in np.divmod(todo, dst_shape[0]))
-                    at_a, at_b = bilinear(int(z_lo[k]), xs, ys), bilinear(int(z_hi[k]), xs, ys)
+                    voxels = in_plane(xs, ys)  # the same in both model slices
+                    at_a, at_b = bilinear(int(z_lo[k]), *voxels), bilinear(int(z_hi[k]), *voxels)
             out[k] = nearest
             if len(todo):
                 value = torch.lerp(at_a, at_b, float(wz[k]))  # (voxels to do, C)

@@ -193,7 +193,7 @@ def _summary(
     empty: dict[str, Any] = {"id": organ_id, "name": name, "voxels": 0, "volume_ml": 0.0, "hu_mean": None,
                              "hu_std": None, "centroid_mm": None, "centroid_voxel": None, "bbox_voxel_min": None,
                              "bbox_voxel_max": None, "bbox_mm_min": None, "bbox_mm_max": None}
-    if box is None or not pieces:
+    if box is None:  # a box has at least one piece
         return empty
     columns = np.sum([p.columns for p in pieces], axis=0)  # voxels per (x, y) column: the x and y profiles
     n = int(columns.sum())
