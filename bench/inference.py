@@ -11,9 +11,10 @@ process's wall time and peak RSS (``os.wait4``) and repeats the whole comparison
 Cases: the real sample's ``example_ct.nii.gz`` (TotalSegmentator's reference CT, 122 x 101 x 112 at 3 mm)
 and the same anatomy at clinical size, 512 x 512 x 300 (``bench/large_ct.py``: interpolated to 0.7 mm,
 noise added, stored LPS), so that a model trained on CT recognises what it sees in both. ``--fast`` and
-``--organs liver`` are timed on the large CT as well (each with its agreement with the full pass; whether
-``--organs`` cropped to the organ's box is recorded), and ``--bf16`` (opt-in; fast on CPUs with AMX or
-AVX512-BF16) on both, with its agreement against the fp32 baseline and against ``asa segment``'s fp32 mask.
+``--organs liver`` are timed on the large CT as well (each with its agreement with the full pass; for
+``--organs``, the organ's region and how many of the full pass's windows ran), and ``--bf16`` (opt-in;
+fast on CPUs with AMX or AVX512-BF16) on both, with its agreement against the fp32 baseline and against
+``asa segment``'s fp32 mask.
 The model is ``--model RUN`` or, by default, a feature-size-12 BTCV-layout Swin UNETR with random weights
 (speed and memory do not depend on the weights; agreement is stricter on a trained model).
 ``asa segment`` reads the scan while it loads torch and the model (:mod:`models.io.read_ahead`), so its
@@ -151,7 +152,7 @@ def default_model(workdir: Path, feature_size: int = 12) -> Path:
     return save_model(workdir / f"model-random-fs{feature_size}", build_segmentation_network(spec), spec)
 
 
-ORGANS_CASE = "liver"  # `--organs liver`, timed on the large CT with --fast: the organ-box route
+ORGANS_CASE = "liver"  # `--organs liver`, timed where --fast is: a coarse pass, then the windows near the liver
 
 
 def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
@@ -184,7 +185,9 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
             runs["fast"].append(res)
             res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_organs), "--organs",
                              ORGANS_CASE, "--overlap", str(overlap), "--device", device], env)  # fmt: skip
-            res["crop"] = json.loads(next(out_organs.rglob("report.json")).read_text()).get("crop")
+            report = json.loads(next(out_organs.rglob("report.json")).read_text())
+            res["crop"], fine = report.get("crop"), report["passes"][-1]
+            res["windows"] = {"run": fine.get("windows_run"), "placed": fine.get("windows_placed")}
             runs["organs"].append(res)
     ours, ours_affine = load_mask(next((workdir / case / "asa0").rglob("segmentation.nii.gz")))
     base, base_affine = load_mask(next((workdir / case / "baseline0").rglob("*_seg.nii*")))
@@ -239,6 +242,7 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
             "organs": ORGANS_CASE,
             "wall_s": med("organs", "wall_s"),
             "crop": runs["organs"][0]["crop"],
+            "windows": runs["organs"][0]["windows"],
             "dice_vs_full": dice_agreement(organs, np.where(ours == liver, liver, 0))["mean_dice"],
         }
     return result

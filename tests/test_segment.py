@@ -126,32 +126,94 @@ def test_tta_agrees_with_a_mirror_equivariant_model(phantom, tmp_path: Path) -> 
     assert result.info["passes"][0]["passes_per_window"] == 4
 
 
-def test_organs_only_those_labels_cropped_to_their_region(phantom, tmp_path: Path) -> None:
+class ContextNet(ThresholdNet):
+    """ThresholdNet shifted by its window's mean: like a real network, each window sees the voxels near a
+    boundary a little differently, so which windows are blended there changes the labels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + 0.5 * (x.mean(dim=(2, 3, 4), keepdim=True) - 0.45))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_organs_run_only_the_windows_near_them_and_match_the_full_pass(tta: bool, phantom, tmp_path: Path) -> None:
     hu, _, affine = phantom
     hu = hu.copy()
-    hu[:, :, 20:] = np.minimum(hu[:, :, 20:], 100)  # dense voxels only in the lower half: a real crop
+    hu = np.minimum(hu, 100)
+    hu[:12] = -1000  # air: the body box, where the windows go, starts further in
+    # one dense organ at x >= 40 (the windows on the far side can be skipped), so near the dense threshold
+    # that how much of it comes out dense depends on which windows are blended
+    hu[40:52, 24:40, 12:28] = 175
     path = write_nifti(tmp_path / "ct.nii.gz", hu, affine)
-    full = _segmenter().segment(path)
-    # The coarse locating pass (2x the spacing) blurs before resampling, which thins the ribs below
-    # ThresholdNet's dense threshold; a wider margin keeps them in the box (a real model needs no such help).
-    only = _segmenter(organs=("Dense",), crop_margin_mm=40.0, trained_fast=True).segment(path)
+    spec = threshold_spec(["soft tissue", "dense"], tuple(s / 2 for s in SPACING))  # windows of 32 on a 127³ grid
+    spec.preprocessing.trained_fast = True
+
+    def segment(**options) -> Segmenter:
+        return Segmenter(ContextNet(THRESHOLDS), spec, device="cpu", options=SegmentOptions(tta=tta, **options))
+
+    full = segment().segment(path)
+    assert 0 < (full.labels == 2).sum() < 0.98 * 12 * 16 * 16
+    only = segment(organs=("Dense",)).segment(path)
     assert set(only.label_info) == {0, 2}
     np.testing.assert_array_equal(only.labels, np.where(full.labels == 2, 2, 0))
-    crop = only.info["crop"]
-    assert crop["stop"][2] < hu.shape[2]  # the fine pass did not cover the whole scan
     assert [o["name"] for o in only.stats["organs"]] == ["dense"]
-    assert len(only.info["passes"]) == 2  # coarse locating pass + fine pass on the box
-    assert only.info["passes"][1]["input_shape"][2] < hu.shape[2]
-    assert all(b - a >= 32 for a, b in zip(crop["start"], crop["stop"], strict=True))  # one window (roi 32) at least
+    crop = only.info["crop"]
+    assert crop["stop"][0] < hu.shape[0]  # the region is not the whole scan
+    coarse, fine = only.info["passes"]  # the coarse locating pass, then the fine pass on the region
+    assert coarse["spacing"] == list(SPACING)
+    assert fine["windows_placed"] == full.info["passes"][0]["windows_placed"]
+    assert 0 < fine["windows_run"] < fine["windows_placed"]
 
 
-def test_widen_box_grows_about_the_centre_inside_the_volume() -> None:
-    from models.inference.region import widen_box
+def test_a_model_box_covers_the_scan_box_it_is_mapped_from() -> None:
+    from models.inference.region import box_within, map_box
 
-    assert widen_box((slice(10, 20), slice(0, 5), slice(90, 100)), (30, 30, 30), (100, 40, 100)) == (
-        slice(0, 30), slice(0, 30), slice(70, 100))  # fmt: skip
-    assert widen_box((slice(40, 50), slice(0, 40), slice(3, 4)), (20, 60, 1), (100, 40, 100)) == (
-        slice(35, 55), slice(0, 40), slice(3, 4))  # fmt: skip
+    scan = np.diag([0.8, 0.8, 2.5, 1.0])
+    scan[:3, 3] = (-100.0, 20.0, 5.0)
+    model = np.diag([1.5, 1.5, 2.0, 1.0])
+    model[:3, 3] = scan[:3, 3] + (0.2, -0.3, 0.1)
+    box = (slice(30, 90), slice(0, 41), slice(7, 8))
+    mapped = map_box(box, scan, model, (60, 50, 40))
+    padded = map_box(box, scan, model, (60, 50, 40), pad=1)
+    for axis in range(3):
+        ends = np.array([box[axis].start, box[axis].stop - 1])
+        index = (ends * scan[axis, axis] + scan[axis, 3] - model[axis, 3]) / model[axis, axis]  # scan centres
+        # padded: both model voxels that interpolate at any scan centre of the box are inside
+        assert padded[axis].start <= np.floor(index.min()) and np.floor(index.max()) + 1 < padded[axis].stop
+        # unpadded: the model voxels whose centres lie within the box's extent (half a scan voxel beyond)
+        extent = (ends + np.array([-0.5, 0.5])) * scan[axis, axis] + scan[axis, 3] - model[axis, 3]
+        first, last = mapped[axis].start, mapped[axis].stop - 1
+        assert extent[0] <= first * model[axis, axis] and last * model[axis, axis] <= extent[1]
+        assert first == 0 or (first - 1) * model[axis, axis] < extent[0]
+        assert (last + 1) * model[axis, axis] > extent[1]
+    # an LPS scan grid (x and y flipped) maps to the same model voxels as its RAS twin
+    lps = scan.copy()
+    lps[:2, :2] *= -1
+    lps[:2, 3] = scan[:2, 3] + 99 * np.diag(scan)[:2]  # 100 voxels per axis: voxel i is the RAS twin's 99 - i
+    flipped = (slice(100 - box[0].stop, 100 - box[0].start), slice(100 - box[1].stop, 100 - box[1].start), box[2])
+    assert map_box(flipped, lps, model, (60, 50, 40)) == mapped
+    assert box_within((slice(5, 30), slice(0, 4), slice(9, 20)), (slice(10, 20), slice(5, 9), slice(0, 40))) == (
+        slice(0, 10), slice(0, 0), slice(9, 20))  # fmt: skip
+
+
+def test_windows_are_kept_by_the_region_in_their_own_frame() -> None:
+    from models.inference.predict import WindowTally, touches, window_region, windows_in
+
+    # a mirrored pass (TTA) sees the region mirrored; an axis shorter than the window is padded evenly
+    assert window_region((slice(2, 5), slice(0, 10), slice(1, 3)), (10, 10, 20), (8, 8, 32), (2,)) == (
+        slice(5, 8), slice(0, 10), slice(7, 9))  # fmt: skip
+    assert touches((slice(0, 8), slice(4, 12), slice(0, 8)), (slice(7, 9), slice(0, 5), slice(3, 4)))
+    assert not touches((slice(0, 8), slice(4, 12), slice(0, 8)), (slice(8, 9), slice(0, 5), slice(3, 4)))
+    tally, seen = WindowTally(), []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return torch.ones(len(x), 3, *x.shape[2:])
+
+    predictor = windows_in(run, (slice(0, 4), slice(0, 4), slice(0, 4)), 3, tally)
+    coords = [[slice(0, 1), slice(None), slice(a, a + 4), slice(0, 4), slice(0, 4)] for a in (0, 4, 2)]
+    out = predictor(torch.zeros(3, 1, 4, 4, 4), coords)
+    assert seen == [2] and (tally.run, tally.total) == (2, 3)
+    assert out[0].eq(1).all() and out[1].eq(0).all() and out[2].eq(1).all()
 
 
 def test_organs_of_a_model_not_trained_at_the_fast_spacing_are_not_cropped(phantom, tmp_path: Path) -> None:

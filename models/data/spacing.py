@@ -82,15 +82,14 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def axis_matrix(coords: np.ndarray, n_in: int, sigma: float, lo: int = 0, hi: int | None = None) -> np.ndarray:
+def axis_matrix(coords: np.ndarray, n_in: int, sigma: float) -> np.ndarray:
     """(len(coords), n_in) weights: the blur of a line, then its linear interpolation at ``coords``.
 
-    ``coords`` are source indices, clamped to [``lo``, ``hi``] (the border of the resampled box); the
-    blur's taps repeat the edge voxels of the whole line (scipy's ``mode="nearest"``). A tap that falls
-    on an interpolation neighbour of weight ``f`` contributes ``f`` times the kernel at its offset.
+    ``coords`` are source indices, clamped to the line (``Spacing``'s border padding); the blur's taps
+    repeat the line's edge voxels (scipy's ``mode="nearest"``). A tap that falls on an
+    interpolation neighbour of weight ``f`` contributes ``f`` times the kernel at its offset.
     """
-    hi = n_in - 1 if hi is None else hi
-    coords = np.clip(np.asarray(coords, dtype=np.float64), lo, hi)
+    coords = np.clip(np.asarray(coords, dtype=np.float64), 0, n_in - 1)
     lower = np.floor(coords).astype(np.intp)
     frac = coords - lower
     kernel = np.concatenate([[0.0], gaussian_kernel(sigma), [0.0]])  # zero-padded: taps beyond the radius
@@ -104,29 +103,25 @@ def axis_matrix(coords: np.ndarray, n_in: int, sigma: float, lo: int = 0, hi: in
 
 
 def resample_anti_aliased(
-    hu: np.ndarray, affine: np.ndarray, spacing: Sequence[float], box: Box | None = None, blur: bool = True
+    hu: np.ndarray, affine: np.ndarray, spacing: Sequence[float], blur: bool = True
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(X, Y, Z) float32 ``hu[box]`` on ``affine``'s grid -> (values at ``spacing``, their affine), or None.
+    """(X, Y, Z) float32 ``hu`` on ``affine``'s grid -> (values at ``spacing``, their affine), or None.
 
-    Equal (to float rounding) to ``Spacing(spacing, bilinear, border)`` applied to ``hu[box]`` after
-    :func:`anti_alias_sigma`'s blur of the *whole* ``hu`` (so the box's edges see their real neighbours).
-    ``blur=False``: interpolation only. None when the grids do not share their axes.
+    Equal (to float rounding) to ``Spacing(spacing, bilinear, border)`` applied to ``hu`` after
+    :func:`anti_alias_sigma`'s blur. ``blur=False``: interpolation only. None when the grids do not share
+    their axes.
     """
-    box = box or tuple(slice(0, n) for n in hu.shape)  # type: ignore[assignment]
-    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, hu.shape, strict=True))  # type: ignore[assignment]
-    src_affine = crop_affine(np.asarray(affine, dtype=np.float64), box)
-    out_shape, out_affine = spacing_grid([s.stop - s.start for s in box], src_affine, spacing)
-    to_source = np.linalg.solve(src_affine, out_affine)  # output voxel index -> box voxel index
+    affine = np.asarray(affine, dtype=np.float64)
+    out_shape, out_affine = spacing_grid(hu.shape, affine, spacing)
+    to_source = np.linalg.solve(affine, out_affine)  # output voxel index -> source voxel index
     linear = to_source[:3, :3]
     if not axis_aligned(linear):
         return None
-    sigma = anti_alias_sigma(voxel_size(src_affine), spacing) if blur else (0.0, 0.0, 0.0)
+    sigma = anti_alias_sigma(voxel_size(affine), spacing) if blur else (0.0, 0.0, 0.0)
     matrices = [
-        axis_matrix(linear[a, a] * np.arange(out_shape[a]) + to_source[a, 3] + box[a].start, hu.shape[a],
-                    sigma[a], box[a].start, box[a].stop - 1)
-        for a in range(3)
-    ]  # fmt: skip
-    # only the voxels some output reads (a box and its blur's reach; everything for a whole scan)
+        axis_matrix(linear[a, a] * np.arange(out_shape[a]) + to_source[a, 3], hu.shape[a], sigma[a]) for a in range(3)
+    ]
+    # only the voxels some output reads (the grid's edge rows may read none)
     reach = [np.flatnonzero(m.any(axis=0))[[0, -1]] for m in matrices]
     read = tuple(slice(int(lo), int(hi) + 1) for lo, hi in reach)
     matrices = [torch.from_numpy(m[:, s].astype(np.float32)) for m, s in zip(matrices, read, strict=True)]

@@ -25,7 +25,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from models.config import DataConfig
-from models.data.spacing import Box, anti_alias_sigma, crop_affine, resample_anti_aliased
+from models.data.spacing import anti_alias_sigma, resample_anti_aliased
 from models.io.reader import CTImage
 
 # The same blur as a MONAI bundle expression (Lambdad on the image, after Orientationd), so an exported
@@ -58,23 +58,20 @@ def anti_alias(image: MetaTensor, target: Sequence[float]) -> MetaTensor:
     return image.clone().copy_(torch.as_tensor(blurred, dtype=image.dtype))
 
 
-def preprocess(ct: CTImage, cfg: DataConfig, anti_aliased: bool = False, box: Box | None = None) -> MetaTensor:
+def preprocess(ct: CTImage, cfg: DataConfig, anti_aliased: bool = False) -> MetaTensor:
     """HU volume on the reader's RAS grid → (1, X, Y, Z) float32 in [0, 1] at ``cfg.spacing``.
 
-    ``box``: only ``ct.array[box]`` is resampled, but blurred as part of the whole scan, so that a crop's
-    edges see their real neighbours (``--organs``). ``anti_aliased``: ``ct.array`` is already blurred for
+    ``anti_aliased``: ``ct.array`` is already blurred for
     this spacing (or must not be): interpolate only. The blur and ``Spacing`` run as one separable product
     (:mod:`models.data.spacing`); a grid whose axes are not shared falls back to scipy and MONAI.
     """
     window = ScaleIntensityRange(a_min=cfg.hu_min, a_max=cfg.hu_max, b_min=0.0, b_max=1.0, clip=True)
-    fused = resample_anti_aliased(ct.array, ct.affine, cfg.spacing, box=box, blur=not anti_aliased)
+    fused = resample_anti_aliased(ct.array, ct.affine, cfg.spacing, blur=not anti_aliased)
     if fused is not None:
         values, affine = fused
         return window(MetaTensor(torch.from_numpy(values)[None], affine=torch.from_numpy(affine)))
     hu = ct.array if anti_aliased else anti_alias_array(ct.array, ct.spacing, cfg.spacing)
     affine = ct.affine
-    if box is not None:
-        hu, affine = hu[box], crop_affine(ct.affine, box)
     # any memory layout will do (the reader keeps NIfTI's Fortran order): copying into C order would
     # transpose the volume in memory, seconds on a clinical-size scan, for no change in the result
     image = MetaTensor(torch.from_numpy(np.asarray(hu, dtype=np.float32))[None], affine=affine)

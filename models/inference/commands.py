@@ -56,7 +56,7 @@ def segment(
                                        "(a DICOM file list, one path per line)"),
     model: Path = typer.Option(..., "--model", help="model directory (model.json + model.pt, from asa finetune)"),
     out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per input when several are given)"),
-    organs: str | None = typer.Option(None, "--organs", help="only these labels, e.g. liver,spleen (crops to them)"),
+    organs: str | None = typer.Option(None, "--organs", help="only these labels, e.g. liver,spleen (runs near them)"),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)"),
     fast: bool = typer.Option(False, "--fast", help="2x the model's spacing: ~8x fewer voxels, coarser masks"),
     tta: bool = typer.Option(False, "--tta", help="test-time mirroring on the 3 axes, averaged (4 passes)"),

@@ -25,13 +25,13 @@ class SegmentOptions(BaseModel):
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap between neighbouring windows")
     fast: bool = Field(False, description=f"resample to {FAST_SPACING_FACTOR:g}x the model's spacing (coarser)")
     organs: tuple[str, ...] | None = Field(
-        None, description="only these labels (names or ids) in the outputs; the scan is cropped to their region"
+        None, description="only these labels (names or ids) in the outputs; the network runs only near them"
     )
     tta: bool = Field(False, description="test-time mirroring: identity + a flip on each of the 3 axes, averaged")
     fast_path: bool = Field(True, description="SDPA attention, bias cached (MONAI's default attention if off)")
     bf16: bool = Field(False, description="bf16 autocast on top (faster on recent CPUs and GPUs, less exact)")
     sw_batch_size: int | None = Field(None, ge=1, description="windows per network pass; None: from free memory")
-    crop_margin_mm: float = Field(20.0, ge=0.0, description="margin around the organs' region when cropping")
+    crop_margin_mm: float = Field(20.0, ge=0.0, description="margin around the organs' region (mm)")
 
 
 def resolve_organs(spec: ModelSpec, organs: tuple[str, ...] | list[str] | None) -> list[int]:

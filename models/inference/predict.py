@@ -9,12 +9,14 @@ for a 512 x 512 x 300 CT at 1.5 x 1.5 x 2 mm); the scan's grid gets a uint8 labe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
+from models.data.spacing import Box
 from models.data.transforms import THIN_SCAN_PADDING
 from models.inference.channels_last_norm import enable_channels_last_norm
 from models.inference.onednn_conv import enable_onednn_convolutions
@@ -75,6 +77,62 @@ def stream_windows(forward: Callable[[torch.Tensor], torch.Tensor], streams: int
         yield lambda x: torch.cat(list(pool.map(run, x.tensor_split(min(streams, len(x))))))
 
 
+@dataclass
+class WindowTally:
+    """Sliding windows that ran, of all a full pass places (``region`` skips those that miss it)."""
+
+    run: int = 0
+    total: int = 0
+
+
+def touches(window: Sequence[slice], region: Box) -> bool:
+    """Whether a window's spatial slices overlap ``region`` on every axis."""
+    return all(w.start < r.stop and r.start < w.stop for w, r in zip(window, region, strict=True))
+
+
+def window_region(region: Box | None, shape: Sequence[int], roi: Sequence[int], flipped: Sequence[int]) -> Box:
+    """``region`` of a (X, Y, Z) volume in the coordinates MONAI's windows use on it.
+
+    MONAI pads an axis shorter than the window evenly on both sides, and a mirrored pass (TTA) sees the
+    volume flipped along ``flipped`` (tensor dims 2-4). No region: the whole volume.
+    """
+    out = []
+    for axis, n in enumerate(shape):
+        r = region[axis] if region is not None else slice(0, n)
+        if axis + 2 in flipped:
+            r = slice(n - r.stop, n - r.start)
+        shift = max(roi[axis] - n, 0) // 2
+        out.append(slice(r.start + shift, r.stop + shift))
+    return (out[0], out[1], out[2])
+
+
+def windows_in(
+    run_windows: Callable[[torch.Tensor], torch.Tensor], region: Box, out_channels: int | None, tally: WindowTally
+) -> Callable[[torch.Tensor, list], torch.Tensor]:
+    """A MONAI ``with_coord`` predictor that runs only the windows touching ``region``; the rest get zero logits.
+
+    Why this is exact inside the region: every window that covers a voxel of it touches it, so each such
+    voxel blends the very windows a full pass blends there (zero logits elsewhere only dilute voxels
+    outside, which the caller discards).
+    """
+
+    def predictor(x: torch.Tensor, coords: list) -> torch.Tensor:
+        keep = [touches(c[2:], region) for c in coords]
+        tally.total += len(keep)
+        tally.run += sum(keep)
+        if all(keep):
+            return run_windows(x)
+        if out_channels is None:
+            raise ValueError("out_channels is needed to skip windows outside a region")
+        out = x.new_zeros((len(keep), out_channels, *x.shape[2:]))
+        if any(keep):
+            index = torch.tensor([i for i, k in enumerate(keep) if k], device=x.device)
+            out[index] = run_windows(x[index])
+        return out
+
+    return predictor
+
+
 @contextlib.contextmanager
 def _precision(device: torch.device, bf16: bool) -> Iterator[None]:
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -94,6 +152,9 @@ def predict_probabilities(
     tta: bool = False,
     aggregate_on_device: bool = True,
     streams: int = 1,
+    region: Box | None = None,
+    out_channels: int | None = None,
+    tally: WindowTally | None = None,
 ) -> torch.Tensor:
     """(1, X, Y, Z) preprocessed volume -> (C, X, Y, Z) float32 class probabilities on the CPU.
 
@@ -103,6 +164,8 @@ def predict_probabilities(
     (MONAI's default attention otherwise); ``bf16`` adds bf16 autocast (opt-in: its masks agree with fp32
     at mean Dice 0.98-0.99 only, see :mod:`models.inference.options`); logits are blended in fp32 either way.
     ``streams``: split each window batch over that many threads (:func:`window_streams`).
+    ``region``: run only the windows that touch this box of the volume (needs ``out_channels``); the
+    probabilities are exact inside it, meaningless outside. ``tally`` counts the windows run and placed.
     """
     enable_fast_attention(network, fast_path)
     enable_onednn_convolutions(network, fast_path and device.type == "cpu")
@@ -118,7 +181,9 @@ def predict_probabilities(
         sw_device=device,
         device=device if aggregate_on_device else torch.device("cpu"),
         progress=False,
+        with_coord=True,
     )
+    tally = tally if tally is not None else WindowTally()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with _precision(device, bf16):
@@ -129,7 +194,8 @@ def predict_probabilities(
         probs: torch.Tensor | None = None
         for dims in TTA_FLIPS if tta else ((),):
             xi = torch.flip(x, dims) if dims else x
-            p = torch.softmax(_run(inferer, xi, run_windows), dim=1)
+            window_box = window_region(region, x.shape[2:], roi, dims)
+            p = torch.softmax(_run(inferer, xi, windows_in(run_windows, window_box, out_channels, tally)), dim=1)
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs.add_(p)
             del p
@@ -144,9 +210,8 @@ def predict_labels(network: nn.Module, volume: torch.Tensor, roi: tuple[int, int
     return argmax_labels(predict_probabilities(network, volume, roi, **kwargs))
 
 
-def _run(
-    inferer: SlidingWindowInferer, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def _run(inferer: SlidingWindowInferer, x: torch.Tensor, forward: Callable[[torch.Tensor, list], torch.Tensor]
+         ) -> torch.Tensor:  # fmt: skip
     out = inferer(x, forward)
     return torch.as_tensor(out)
 

@@ -12,7 +12,6 @@ from monai.data import MetaTensor
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from models.config import DataConfig
-from models.data.spacing import Box
 from models.data.transforms import preprocess
 from models.io.reader import CTImage, SourceSpace
 from models.modeldir import Preprocessing
@@ -29,17 +28,15 @@ def network_input(
     source: SourceSpace,
     prep: Preprocessing,
     spacing: tuple[float, float, float],
-    box: Box | None = None,
 ) -> MetaTensor:
-    """(X, Y, Z) HU on a RAS grid -> ``hu[box]`` (default: all of it) as (1, X', Y', Z') in [0, 1] at ``spacing``.
+    """(X, Y, Z) HU on a RAS grid -> (1, X', Y', Z') in [0, 1] at ``spacing``.
 
     The returned tensor's ``affine`` is its voxel-to-world matrix: the label map computed on it is
-    resampled back with that matrix, never by assuming how MONAI placed the new grid. A box is blurred
-    as part of the whole scan (see :func:`models.data.transforms.preprocess`).
+    resampled back with that matrix, never by assuming how MONAI placed the new grid.
     """
     cfg = DataConfig(spacing=spacing, hu_min=prep.hu_min, hu_max=prep.hu_max)
     view = CTImage(array=hu, affine=affine, source=source)
-    return preprocess(view, cfg, box=box)
+    return preprocess(view, cfg)
 
 
 def body_box(volume: MetaTensor) -> tuple[slice, slice, slice]:

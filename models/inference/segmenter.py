@@ -8,8 +8,9 @@ also feed a viewer or a REST response directly.
 
 Pipeline per scan (every array on the reader's canonical RAS grid until the end)::
 
-    load_ct -> [--organs: coarse pass -> organ box -> crop] -> anti-aliasing + Spacing + HU window (model resolution)
+    load_ct -> anti-aliasing + Spacing + HU window (model resolution)
     -> body box (MONAI CropForeground's box) -> sliding window (gaussian) [+ mirroring TTA]
+       [--organs: a coarse pass first locates them; then only the windows touching their box run]
     -> class probabilities and their argmax at model resolution (background outside the body box)
     -> labels on the canonical grid: the argmax of trilinearly interpolated probabilities, computed only in
        model cells that straddle a boundary (elsewhere the cell's one label) -> keep the chosen organs -> stats
@@ -19,7 +20,6 @@ Pipeline per scan (every array on the reader's canonical RAS grid until the end)
 from __future__ import annotations
 
 import importlib.metadata
-import math
 import platform
 import threading
 import time
@@ -34,12 +34,12 @@ from nibabel.orientations import apply_orientation
 from torch import nn
 
 import models
-from models.data.spacing import Box, crop_affine
+from models.data.spacing import Box, crop_affine, voxel_size
 from models.inference.memory import choose_batch
 from models.inference.options import FAST_SPACING_FACTOR, SegmentOptions, resolve_organs
-from models.inference.predict import TTA_FLIPS, argmax_labels, predict_probabilities, window_streams
+from models.inference.predict import TTA_FLIPS, WindowTally, argmax_labels, predict_probabilities, window_streams
 from models.inference.preprocess import body_box, inference_spacing, network_input
-from models.inference.region import organ_box, widen_box
+from models.inference.region import box_within, map_box, organ_box
 from models.inference.resample import resample_labels_interpolated
 from models.inference.stats import organ_stats
 from models.inference.window_attention import window_bias_bytes
@@ -47,6 +47,16 @@ from models.io.reader import CTImage, load_ct
 from models.modeldir import LabelInfo, ModelSpec, load_model
 
 STAGES = ("load", "preprocess", "network", "postprocess", "write")
+
+
+@dataclass
+class ModelPass:
+    """One network pass on the model's grid: what the scan's labels are resampled from."""
+
+    labels: np.ndarray  # uint8 argmax on the whole model grid (background outside the body box)
+    probs: torch.Tensor  # (C, body box) class probabilities
+    body: Box  # where ``probs`` lies on the model grid
+    affine: np.ndarray  # the model grid's voxel-to-world matrix
 
 
 class ModelDirError(ValueError):
@@ -235,25 +245,27 @@ class Segmenter:
         The box comes from a pass at the fast spacing, so only a model trained there may set it: the
         locating pass of one that was not can miss most of an organ (measured: the cpu-demo real-sample
         model's fast masks agree with its full ones at mean Dice 0.04; with multi-scale training 0.85), and
-        the fine pass would then cut the organ off at the box.
+        the fine pass would then leave out what lies outside the box.
         """
         prep = self.spec.preprocessing
-        if opts.organs is not None and not opts.fast and not prep.trained_fast:
-            info["crop"] = "none: the model was not trained at the fast spacing, so it cannot locate the organs there"
-        if opts.organs is None or opts.fast or not prep.trained_fast:
-            spacing = inference_spacing(prep, opts.fast)
+        spacing = inference_spacing(prep, opts.fast)
+        if opts.organs is None or opts.fast:
             return self._labels_on_grid(ct, spacing, opts, timings, info)
-        coarse = self._labels_on_grid(ct, inference_spacing(prep, True), opts, timings, info)
-        box = organ_box(coarse, organ_ids, ct.spacing, opts.crop_margin_mm)
+        if not prep.trained_fast:
+            info["crop"] = "none: the model was not trained at the fast spacing, so it cannot locate the organs there"
+            return self._labels_on_grid(ct, spacing, opts, timings, info)
+        coarse = self._model_pass(ct, inference_spacing(prep, True), opts, timings, info)
+        t0 = time.perf_counter()
+        found = organ_box(coarse.labels, organ_ids, tuple(voxel_size(coarse.affine)), opts.crop_margin_mm)
+        region = map_box(found, coarse.affine, ct.affine, ct.array.shape) if found is not None else None
         del coarse
-        if box is None:
+        timings["postprocess"] += time.perf_counter() - t0
+        if region is None:
             warnings.append("the coarse pass found none of the requested organs: segmenting the whole scan")
-            return self._labels_on_grid(ct, inference_spacing(prep, False), opts, timings, info)
-        window_voxels = tuple(math.ceil(r * m / c) for r, m, c in zip(prep.roi, prep.spacing, ct.spacing, strict=True))
-        box = widen_box(box, window_voxels, ct.array.shape)  # at least one window of real context
-        info["crop"] = {"start": [s.start for s in box], "stop": [s.stop for s in box]}
+            return self._labels_on_grid(ct, spacing, opts, timings, info)
+        info["crop"] = {"start": [s.start for s in region], "stop": [s.stop for s in region]}
         labels = np.zeros(ct.array.shape, dtype=np.uint8)
-        labels[box] = self._labels_on_grid(ct, inference_spacing(prep, False), opts, timings, info, box=box)
+        labels[region] = self._labels_on_grid(ct, spacing, opts, timings, info, region=region)
         return labels
 
     def _labels_on_grid(
@@ -263,23 +275,44 @@ class Segmenter:
         opts: SegmentOptions,
         timings: dict[str, float],
         info: dict[str, Any],
-        box: Box | None = None,
+        region: Box | None = None,
     ) -> np.ndarray:
-        """One network pass over ``ct.array[box]`` (default: all): preprocess, windows, argmax, back to its grid.
+        """Labels on ``ct.array[region]`` (default: all of it) from one network pass at ``spacing``."""
+        result = self._model_pass(ct, spacing, opts, timings, info, region=region)
+        t0 = time.perf_counter()
+        grid_shape = tuple(s.stop - s.start for s in region) if region else ct.array.shape
+        grid_affine = crop_affine(ct.affine, region) if region else ct.affine
+        labels = resample_labels_interpolated(result.labels, result.probs, result.body, result.affine, grid_shape,
+                                              grid_affine)
+        timings["postprocess"] += time.perf_counter() - t0
+        return labels
 
-        A box is blurred as part of the whole scan, so the fine pass over an organ box sees what a full
-        pass would (see :func:`models.data.transforms.preprocess`).
+    def _model_pass(
+        self,
+        ct: CTImage,
+        spacing: tuple[float, float, float],
+        opts: SegmentOptions,
+        timings: dict[str, float],
+        info: dict[str, Any],
+        region: Box | None = None,
+    ) -> ModelPass:
+        """Preprocess the whole scan, then run the windows over its body (only those touching ``region``).
+
+        With ``region`` (a box of ``ct.array``) the windows stay where a full pass places them and read
+        the whole scan around it, so the labels inside it are the full pass's; the model-grid box covers
+        one more voxel on each side, the interpolation's reach.
         """
         prep = self.spec.preprocessing
-        grid_shape = tuple(s.stop - s.start for s in box) if box else ct.array.shape
-        grid_affine = crop_affine(ct.affine, box) if box else ct.affine
         t0 = time.perf_counter()
-        volume = network_input(ct.array, ct.affine, ct.source, prep, spacing, box=box)
+        volume = network_input(ct.array, ct.affine, ct.source, prep, spacing)
         model_affine = np.asarray(volume.affine, dtype=np.float64)
         model_shape = tuple(int(s) for s in volume.shape[1:])
 
         body = body_box(volume)  # windows over the body only: air around it is background by definition
         body_shape = tuple(s.stop - s.start for s in body)
+        in_body = None
+        if region is not None:
+            in_body = box_within(map_box(region, ct.affine, model_affine, model_shape, pad=1), body)
         timings["preprocess"] += time.perf_counter() - t0
 
         net = self.spec.network
@@ -287,28 +320,27 @@ class Segmenter:
         streams = window_streams(self.device, opts.fast_path)
         batch = choose_batch(prep.roi, net.feature_size, self.spec.out_channels, body_shape, self.device,
                              tta=opts.tta, requested=opts.sw_batch_size, reserved=attention_cache, streams=streams)
+        tally = WindowTally()
         t0 = time.perf_counter()
         with self._lock:
             probs = predict_probabilities(
                 self.network, volume.as_tensor()[(slice(None), *body)], prep.roi, device=self.device,
                 sw_batch_size=batch.sw_batch_size, overlap=opts.overlap, fast_path=opts.fast_path, bf16=opts.bf16,
                 tta=opts.tta, aggregate_on_device=batch.aggregate_on_device, streams=streams,
+                region=in_body, out_channels=self.spec.out_channels, tally=tally,
             )
         del volume
         model_labels = np.zeros(model_shape, dtype=np.uint8)  # outside the body box: background
         model_labels[body] = argmax_labels(probs).numpy()
         timings["network"] += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        labels = resample_labels_interpolated(model_labels, probs, body, model_affine, grid_shape, grid_affine)
-        del probs
-        timings["postprocess"] += time.perf_counter() - t0
         info["passes"].append({
             "spacing": list(spacing),
-            "input_shape": list(grid_shape),
+            "input_shape": list(ct.array.shape),
             "model_shape": list(model_shape),
             "body_box": [[s.start, s.stop] for s in body],
             "roi": list(prep.roi),
+            "windows_run": tally.run,
+            "windows_placed": tally.total,
             "sw_batch_size": batch.sw_batch_size,
             "window_streams": streams,
             "window_bytes_estimate": batch.window_bytes,
@@ -317,7 +349,7 @@ class Segmenter:
             "attention_cache_bytes": attention_cache,
             "passes_per_window": len(TTA_FLIPS) if opts.tta else 1,
         })
-        return labels
+        return ModelPass(labels=model_labels, probs=probs, body=body, affine=model_affine)
 
     @staticmethod
     def _input_info(ct: CTImage) -> dict[str, Any]:
