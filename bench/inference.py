@@ -141,6 +141,24 @@ def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj).squeeze(), img.affine
 
 
+def disagreement_by_region(mask_path: Path, other: np.ndarray, crop: Any) -> dict[str, int] | None:
+    """Voxels where ``mask_path``'s map and ``other`` (same file grid) differ, inside and outside ``crop``.
+
+    ``crop`` is report.json's box on the reader's RAS grid, so both maps are compared there.
+    """
+    import nibabel as nib
+
+    if not isinstance(crop, dict):
+        return None
+    img = nib.load(str(mask_path))
+    ornt = nib.orientations.io_orientation(img.affine)
+    to_ras = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
+    differ = nib.orientations.apply_orientation(np.asarray(img.dataobj).squeeze() != other, to_ras)
+    box = tuple(slice(a, b) for a, b in zip(crop["start"], crop["stop"], strict=True))
+    inside = int(differ[box].sum())
+    return {"inside_region": inside, "outside_region": int(differ.sum()) - inside}
+
+
 def default_model(workdir: Path, feature_size: int = 12) -> Path:
     """A Swin UNETR with random weights and the 14 BTCV labels at the BTCV spacing (1.5 x 1.5 x 2 mm, roi 96)."""
     import torch
@@ -236,14 +254,17 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
         fast_vs_full = dice_agreement(fast, ours)
         result["fast_vs_full_dice"] = fast_vs_full["mean_dice"]
         result["fast_vs_full_per_label"] = fast_vs_full["per_label"]
-        organs, _ = load_mask(next((workdir / case / "organs0").rglob("segmentation.nii.gz")))
+        organs_path = next((workdir / case / "organs0").rglob("segmentation.nii.gz"))
+        organs, _ = load_mask(organs_path)
         liver = 6  # BTCV id of the one organ asked for
+        full_liver = np.where(ours == liver, liver, 0)
         result["organs"] = {
             "organs": ORGANS_CASE,
             "wall_s": med("organs", "wall_s"),
             "crop": runs["organs"][0]["crop"],
             "windows": runs["organs"][0]["windows"],
-            "dice_vs_full": dice_agreement(organs, np.where(ours == liver, liver, 0))["mean_dice"],
+            "dice_vs_full": dice_agreement(organs, full_liver)["mean_dice"],
+            "voxels_differing_from_full": disagreement_by_region(organs_path, full_liver, runs["organs"][0]["crop"]),
         }
     return result
 

@@ -264,7 +264,7 @@ class Segmenter:
             warnings.append("the coarse pass found none of the requested organs: segmenting the whole scan")
             return self._labels_on_grid(ct, spacing, opts, timings, info)
         info["crop"] = {"start": [s.start for s in region], "stop": [s.stop for s in region]}
-        labels = np.zeros(ct.array.shape, dtype=np.uint8)
+        labels = np.zeros(ct.array.shape, dtype=np.uint8, order="F")  # the resampler's order (see resample.py)
         labels[region] = self._labels_on_grid(ct, spacing, opts, timings, info, region=region)
         return labels
 
