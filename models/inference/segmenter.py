@@ -269,14 +269,9 @@ class Segmenter:
         return labels
 
     def _labels_on_grid(
-        self,
-        ct: CTImage,
-        spacing: tuple[float, float, float],
-        opts: SegmentOptions,
-        timings: dict[str, float],
-        info: dict[str, Any],
-        region: Box | None = None,
-    ) -> np.ndarray:
+        self, ct: CTImage, spacing: tuple[float, float, float], opts: SegmentOptions, timings: dict[str, float],
+        info: dict[str, Any], region: Box | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Labels on ``ct.array[region]`` (default: all of it) from one network pass at ``spacing``."""
         result = self._model_pass(ct, spacing, opts, timings, info, region=region)
         t0 = time.perf_counter()
