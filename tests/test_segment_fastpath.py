@@ -79,6 +79,26 @@ def test_window_streams_give_the_probabilities_of_one_stream(sw_batch_size: int)
     assert torch.get_num_threads() == threads  # the caller's thread count is back
 
 
+def test_a_window_left_over_by_the_streams_runs_with_all_threads() -> None:
+    """Three windows in one batch over two streams: two share the streams, the third gets every thread."""
+    seen: list[tuple[int, int]] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((len(x), torch.get_num_threads()))
+            return torch.zeros(len(x), 2, *x.shape[2:])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        predict_probabilities(Recorder(), torch.rand(1, 128, 64, 64), (64, 64, 64), device=torch.device("cpu"),
+                              sw_batch_size=3, overlap=0.5, fast_path=True, streams=2)  # fmt: skip
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(seen) == [(1, 1), (1, 1), (1, 2)], seen
+
+
 def test_a_failing_window_stream_raises_and_restores_the_thread_count() -> None:
     class Broken(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,18 +63,38 @@ def stream_windows(forward: Callable[[torch.Tensor], torch.Tensor], streams: int
     """``forward`` split over ``streams`` threads by window (one stream: ``forward`` itself).
 
     Each worker thread gets an equal share of the intra-op threads (:func:`torch_thread_pool`) and its own
-    inference mode (a per-thread switch).
+    inference mode (a per-thread switch). The windows left over when a batch does not divide evenly (a
+    lone coarse window, the last of an odd batch) run after the others on the calling thread with all
+    the intra-op threads: on one stream's share they would keep the other cores idle (measured on 2
+    cores, the large CT's one ``--fast`` window: network 0.84 -> 0.44 s, medians of 3 runs).
     """
     if streams <= 1:
         yield forward
         return
+    threads = torch.get_num_threads()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return forward(x)
 
+    def run_rest(x: torch.Tensor) -> torch.Tensor:
+        share = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return forward(x)
+        finally:
+            torch.set_num_threads(share)
+
     with torch_thread_pool(streams) as pool:
-        yield lambda x: torch.cat(list(pool.map(run, x.tensor_split(min(streams, len(x))))))
+
+        def run_windows(x: torch.Tensor) -> torch.Tensor:
+            even = len(x) - len(x) % streams
+            parts = list(pool.map(run, x[:even].tensor_split(streams))) if even else []
+            if even < len(x):
+                parts.append(run_rest(x[even:]))
+            return torch.cat(parts)
+
+        yield run_windows
 
 
 @dataclass
