@@ -64,14 +64,15 @@ def _padded_rows(probs: torch.Tensor) -> torch.Tensor:
 
     Rows in model-slice order (z, then x, then y), so the corners a target slice reads lie close together;
     the border rows are zero vectors, which clamped indices outside the box read. Only the border is
-    zeroed: the interior is written once, by the transposing copy.
+    zeroed: the interior is written once, by torch's transposing copy, which uses every intra-op thread
+    (numpy's uses one: 0.063 -> 0.025 s for the large CT's 54 MB of probabilities on 2 cores).
     """
     n_classes, nx, ny, nz = probs.shape
-    rows = np.empty((nz + 2, nx + 2, ny + 2, n_classes), dtype=np.float32)
+    rows = torch.empty((nz + 2, nx + 2, ny + 2, n_classes), dtype=torch.float32)
     for face in (rows[0], rows[-1], rows[:, 0], rows[:, -1], rows[:, :, 0], rows[:, :, -1]):
-        face.fill(0.0)
-    rows[1:-1, 1:-1, 1:-1] = probs.numpy().transpose(3, 1, 2, 0)
-    return torch.from_numpy(rows.reshape(-1, n_classes))
+        face.zero_()
+    rows[1:-1, 1:-1, 1:-1].copy_(probs.permute(3, 1, 2, 0))
+    return rows.view(-1, n_classes)
 
 
 def _plane_uniform(labels: np.ndarray) -> np.ndarray:
