@@ -21,6 +21,7 @@ from segment_helpers import dice, small_phantom, swin_model_dir, write_nifti
 from models.inference import Segmenter, SegmentOptions
 from models.inference.predict import (
     CPU_STREAMS,
+    WindowTally,
     argmax_labels,
     conv_layout,
     predict_probabilities,
@@ -77,6 +78,20 @@ def test_window_streams_give_the_probabilities_of_one_stream(sw_batch_size: int)
     two = predict_probabilities(net, volume, (64, 64, 64), streams=2, **kwargs)
     torch.testing.assert_close(two, one, atol=1e-5, rtol=0)
     assert torch.get_num_threads() == threads  # the caller's thread count is back
+
+
+def test_a_region_gives_the_full_pass_probabilities_inside_it_with_the_real_network() -> None:
+    """Four windows along x in batches of 3 + 1 over two streams: the region x 30-40 keeps the first two
+    (a mixed batch: two windows run, one zero-filled) and skips the last batch entirely."""
+    net, volume = _swin(), torch.rand(1, 160, 64, 64)
+    kwargs = {"device": torch.device("cpu"), "sw_batch_size": 3, "overlap": 0.5, "fast_path": True, "streams": 2}
+    full = predict_probabilities(net, volume, (64, 64, 64), **kwargs)
+    tally = WindowTally()
+    region = (slice(30, 40), slice(0, 64), slice(0, 64))
+    part = predict_probabilities(net, volume, (64, 64, 64), region=region, out_channels=3, tally=tally, **kwargs)
+    assert (tally.run, tally.total) == (2, 4)
+    torch.testing.assert_close(part[(slice(None), *region)], full[(slice(None), *region)], atol=1e-5, rtol=0)
+    assert not torch.allclose(part[:, 100:], full[:, 100:], atol=1e-3)  # outside: skipped windows, not the same
 
 
 def test_a_window_left_over_by_the_streams_runs_with_all_threads() -> None:
