@@ -144,7 +144,7 @@ def test_organs_run_only_the_windows_near_them_and_match_the_full_pass(tta: bool
     # that how much of it comes out dense depends on which windows are blended
     hu[40:52, 24:40, 12:28] = 175
     path = write_nifti(tmp_path / "ct.nii.gz", hu, affine)
-    spec = threshold_spec(["soft tissue", "dense"], tuple(s / 2 for s in SPACING))  # windows of 32 on a 127³ grid
+    spec = threshold_spec(["soft tissue", "dense"], tuple(s / 2 for s in SPACING))  # 32³ windows, 127 x 127 x 79 grid
     spec.preprocessing.trained_fast = True
 
     def segment(**options) -> Segmenter:
