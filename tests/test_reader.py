@@ -213,6 +213,37 @@ def test_metaimage_roundtrip(tmp_path: Path, suffix: str, name: str) -> None:
     _assert_roundtrip(ct, vol, ras)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
+def test_non_finite_voxels_get_the_lowest_value_and_a_warning(tmp_path: Path, suffix: str) -> None:
+    """NaN or inf voxels would make the network's output NaN and the mask empty, silently (reader.fill_non_finite)."""
+    vol = _volume().astype(np.float32)
+    vol[0, :4, :] = np.nan
+    vol[MARK_IDX] = np.inf
+    vol[1, 1, 1] = -np.inf
+    path = tmp_path / f"vol{suffix}"
+    if suffix == ".mha":
+        sitk.WriteImage(sitk.GetImageFromArray(vol.transpose(2, 1, 0)), str(path))
+    elif suffix == ".nrrd":
+        nrrd.write(str(path), vol, {"space": "right-anterior-superior", "space directions": np.eye(3)})
+    else:
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
+    ct = load_ct(path)
+    finite = vol[np.isfinite(vol)]
+    expected = np.where(np.isfinite(vol), vol, finite.min())
+    np.testing.assert_array_equal(ct.array, expected[::-1, ::-1] if suffix == ".mha" else expected)
+    bad = 4 * SHAPE[2] + 2
+    assert ct.warnings == [f"{bad} voxel(s) ({100 * bad / vol.size:.3g} %) are NaN or infinite: set to "
+                           f"{finite.min():g} HU, the scan's lowest value"]
+
+
+def test_a_scan_with_no_finite_voxel_is_refused(tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.full(SHAPE, np.nan, np.float32), np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    with pytest.raises(CTReadError, match=r"nan\.nii\.gz: every voxel is NaN or infinite"):
+        load_ct(tmp_path / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(_volume(), np.eye(4)), str(tmp_path / "int.nii.gz"))
+    assert load_ct(tmp_path / "int.nii.gz").warnings == []  # integers are always finite: no check, no warning
+
+
 def test_itk_unreadable_and_2d(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mha"
     bad.write_text("nonsense")

@@ -164,6 +164,26 @@ def test_organs_run_only_the_windows_near_them_and_match_the_full_pass(tta: bool
     assert 0 < fine["windows_run"] < fine["windows_placed"]
 
 
+def test_nan_voxels_do_not_empty_the_mask(phantom, tmp_path: Path) -> None:
+    """A NaN in a window turns all of that window's output NaN (ContextNet mixes the window, as a network does):
+    the scan is read with its non-finite voxels at its lowest value, and the report says so."""
+    hu, _, affine = phantom
+    hu = hu.astype(np.float32)
+    filled = hu.copy()
+    filled[:6] = hu.min()
+    hu[:6] = np.nan
+    hu[0, 0, 0] = np.inf
+    spec = threshold_spec(["soft tissue", "dense"], SPACING)
+    segmenter = Segmenter(ContextNet(THRESHOLDS), spec, device="cpu", options=SegmentOptions())
+    result = segmenter.segment(write_nifti(tmp_path / "nan.nii.gz", hu, affine))
+    expected = segmenter.segment(write_nifti(tmp_path / "filled.nii.gz", filled, affine)).labels
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(result.labels, expected)
+    write_outputs(result, tmp_path / "out", preview=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("NaN or infinite" in w and f"{6 * 64 * 40} voxel(s)" in w for w in report["warnings"]), report
+
+
 def test_a_model_box_covers_the_scan_box_it_is_mapped_from() -> None:
     from models.inference.region import box_within, map_box
 

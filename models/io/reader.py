@@ -162,6 +162,27 @@ def _canonical_buffer(source: SourceSpace) -> tuple[np.ndarray, np.ndarray]:
     return canon, apply_orientation(canon, source.to_source_transform)
 
 
+def fill_non_finite(ct: CTImage) -> None:
+    """Set NaN and infinite voxels to the scan's lowest finite value, in place, and say so in ``ct.warnings``.
+
+    Why: some converters mark the space outside the field of view with NaN. One NaN inside a sliding
+    window makes the network's whole output for that window NaN, the blending spreads it, and the argmax
+    of NaN reads background: the scan would get an empty mask and no error. The lowest value is what the
+    scan itself uses outside the body (air or padding). Only float files can hold such values, so the
+    readers call this for those alone; a scan with no finite voxel at all is refused.
+    """
+    bad = ~np.isfinite(ct.array)
+    count = int(np.count_nonzero(bad))
+    if count == 0:
+        return
+    if count == bad.size:
+        raise CTReadError(f"{ct.meta.get('path')}: every voxel is NaN or infinite")
+    low = float(np.min(ct.array, where=~bad, initial=np.inf))
+    ct.array[bad] = low
+    ct.warnings.append(f"{count} voxel(s) ({100 * count / bad.size:.3g} %) are NaN or infinite: set to {low:g} HU, "
+                       "the scan's lowest value")
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -282,6 +303,8 @@ def _load_nifti(path: Path) -> CTImage:
         ct.array *= np.float32(slope)
     if inter != 0.0:
         ct.array += np.float32(inter)
+    if dtype.kind == "f":
+        fill_non_finite(ct)
     return ct
 
 
@@ -376,7 +399,10 @@ def _load_itk(path: Path) -> CTImage:
     affine = itk_to_ras_affine(img.GetDirection(), img.GetSpacing(), img.GetOrigin())
     fmt = "nrrd" if _suffix(path) in (".nrrd", ".nhdr") else "metaimage"
     meta = {"format": fmt, "path": str(path), "dtype": img.GetPixelIDTypeAsString()}
-    return canonicalise(data, affine, meta)
+    ct = canonicalise(data, affine, meta)
+    if "float" in meta["dtype"]:
+        fill_non_finite(ct)
+    return ct
 
 
 # --------------------------------------------------------------------------- labels and writing
