@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from models.cli import app
 from models.inference import Segmenter
+from models.inference.commands import SCAN_FILE_SUFFIXES
 from models.inference.segmenter import ModelDirError
+from models.io.reader import ITK_SUFFIXES, NIFTI_SUFFIXES
 
 runner = CliRunner()
 SPACING = (5.4, 5.4, 6.0)
@@ -61,6 +63,10 @@ def test_unknown_organ_and_bad_options_exit_2(tmp_path: Path, model_dir: Path) -
     assert res.exit_code == 2 and "'pancreas'" in res.output and "liver, spleen, right kidney" in res.output
     res = _run(scan, "--model", model_dir, "--out", tmp_path / "out", "--overlap", "1.5")
     assert res.exit_code == 2 and "overlap" in res.output
+    (tmp_path / "taken").write_text("a file the user keeps")
+    res = _run(scan, "--model", model_dir, "--out", tmp_path / "taken")
+    assert res.exit_code == 2 and "--out" in res.output and "is a file" in res.output
+    assert (tmp_path / "taken").read_text() == "a file the user keeps"
 
 
 @pytest.mark.slow
@@ -100,3 +106,34 @@ def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path
     dcm = nib.load(str(out / "dcm" / "segmentation.nii.gz"))
     assert dcm.shape == series.hu.shape
     np.testing.assert_allclose(dcm.affine, series.affine, atol=1e-4)
+
+
+def test_a_folder_of_scans_is_its_scans(tmp_path: Path, model_dir: Path) -> None:
+    """``asa segment scans/`` segments each NIfTI/NRRD/MetaImage file in it (not its subfolders)."""
+    hu, _, affine = small_phantom()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_nifti(scans / "b.nii.gz", hu, affine)
+    write_nifti(scans / "a.nii", *reoriented(hu, affine, (0, 1, 2), (True, False, False)))  # the same scan, LAS
+    (scans / "notes.txt").write_text("not a scan")
+    (scans / "older").mkdir()
+    write_nifti(scans / "older" / "c.nii.gz", hu, affine)
+    out = tmp_path / "out"
+    res = _run(scans, "--model", model_dir, "--out", out, "--no-preview")
+    assert res.exit_code == 0, res.output
+    assert [s["input"] for s in json.loads((out / "summary.json").read_text())] == [
+        str(scans / "a.nii"), str(scans / "b.nii.gz")]
+    a = np.asarray(nib.load(str(out / "a" / "segmentation.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(out / "b" / "segmentation.nii.gz")).dataobj)
+    assert b.shape == hu.shape
+    np.testing.assert_array_equal(a, b[::-1])  # the same mask, each on its own file's voxels
+
+
+def test_a_folder_of_scans_and_dicom_is_refused(tmp_path: Path, model_dir: Path, dicom_series) -> None:
+    series = dicom_series("mixed/series", n=4, rows=16, cols=16)
+    hu, _, affine = small_phantom()
+    write_nifti(series.folder.parent / "ct.nii.gz", hu, affine)
+    res = _run(series.folder.parent, "--model", model_dir, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "holds scan files (ct.nii.gz...) and DICOM files" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+    assert set(SCAN_FILE_SUFFIXES) == set(NIFTI_SUFFIXES + ITK_SUFFIXES)  # the CLI knows what the reader reads

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from models.cli_errors import fail
 
-INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".dcm")
+SCAN_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # the reader's volume formats
+INPUT_SUFFIXES = (*SCAN_FILE_SUFFIXES, ".zip", ".dcm")
 
 
 def input_name(src: str) -> str:
@@ -38,6 +39,39 @@ def resolve_input(src: str) -> str | list[Path]:
     return [p if p.is_absolute() else listing.parent / p for p in map(Path, lines)]
 
 
+def _is_scan_file(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name.lower().endswith(SCAN_FILE_SUFFIXES)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """The DICOM Part 10 magic: ``DICM`` after a 128-byte preamble."""
+    with path.open("rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def expand_folders(inputs: list[str]) -> list[str]:
+    """A folder that holds scan files (NIfTI, NRRD, MetaImage) stands for those scans, in name order.
+
+    So ``asa segment scans/`` segments each scan, as ``asa segment scans/*.nii.gz`` would (nnU-Net's
+    habit). Any other folder stays one input, a DICOM series searched recursively. A folder that holds
+    both is refused: which of the two was meant cannot be told, and guessing would segment the wrong scan.
+    """
+    expanded = []
+    for src in inputs:
+        folder = Path(src)
+        scans = sorted(p for p in folder.iterdir() if p.is_file() and _is_scan_file(p)) if folder.is_dir() else []
+        if not scans:
+            expanded.append(src)
+            continue
+        dicom = next((p for p in folder.rglob("*") if p.is_file() and not _is_scan_file(p) and _is_dicom_file(p)),
+                     None)
+        if dicom is not None:
+            raise ValueError(f"{folder} holds scan files ({scans[0].name}...) and DICOM files ({dicom}): give the "
+                             "scan files or a folder with the DICOM series alone")
+        expanded.extend(str(p) for p in scans)
+    return expanded
+
+
 def output_dirs(inputs: list[str], out: Path) -> list[Path]:
     """One input: ``out`` itself. Several: ``out/<name>`` per input (``name-2``... when names repeat)."""
     if len(inputs) == 1:
@@ -52,8 +86,8 @@ def output_dirs(inputs: list[str], out: Path) -> list[Path]:
 
 
 def segment(
-    inputs: list[str] = typer.Argument(..., help="scans: NIfTI/NRRD/MHA files, DICOM folders or .zip, @list.txt "
-                                       "(a DICOM file list, one path per line)"),
+    inputs: list[str] = typer.Argument(..., help="scans: NIfTI/NRRD/MHA files or folders of them, DICOM folders or "
+                                       ".zip, @list.txt (a DICOM file list, one path per line)"),
     model: Path = typer.Option(..., "--model", help="model directory (model.json + model.pt, from asa finetune)"),
     out: Path = typer.Option(..., "--out", help="output folder (one sub-folder per input when several are given)"),
     organs: str | None = typer.Option(None, "--organs", help="only these labels, e.g. liver,spleen (runs near them)"),
@@ -72,6 +106,13 @@ def segment(
     """Segment CT scans with a finetuned model; masks, DICOM-SEG, stats and a report in each input's own space."""
     from models.io.read_ahead import ReadAhead
     from models.io.reader import CTReadError, load_ct
+
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: give a folder (it is created when missing)")
+    try:
+        inputs = expand_folders(inputs)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
 
     # the first scan is read while torch, MONAI and the model load (models.io.read_ahead), the next
     # one while the current one is segmented
