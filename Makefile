@@ -18,6 +18,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(ASA) phantom --n 16 --out data/phantoms --seed 0
+	rm -rf runs/demo  # the demo's own run: asa pretrain refuses to overwrite a run
 	$(ASA) pretrain --preset cpu-demo --data data/phantoms --out runs/demo
 	$(ASA) order-map data/phantoms/imagesTr/phantom_015.nii.gz --checkpoint runs/demo --out runs/demo/order-map
 

@@ -425,6 +425,22 @@ def test_cli_errors(tmp_path: Path, phantom_dir: Path, asa_run: Path) -> None:
     fails(["--resume", str(tmp_path)], "checkpoint.pt")
 
 
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_a_new_run_never_overwrites_a_run(tmp_path: Path, phantom_dir: Path, command: str) -> None:
+    """The same command typed twice must not replace hours of training: --resume, or a deliberate rm."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.pt", "metrics.jsonl"):
+        (run / name).write_text(f"the earlier run's {name}")
+    args = [command, "--data", str(phantom_dir), "--out", str(run), "--preset", "cpu-demo", "--steps", "1"]
+    res = runner.invoke(app, [*args, "--pretrained", "none"] if command == "finetune" else args)
+    text = _stderr(res)
+    assert res.exit_code == 2, (res.exit_code, text, res.exception)
+    assert f"--out {run} already holds a run (model.pt, metrics.jsonl): --resume {run} continues it" in text
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "model.pt"]
+    assert (run / "model.pt").read_text() == "the earlier run's model.pt"
+
+
 def test_rand_slab_repeats_the_edge_slices_of_one_slab() -> None:
     from models.data.transforms import RandSlabd
 

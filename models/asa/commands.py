@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from models.cli_errors import fail
+from models.cli_errors import fail, fail_if_run_exists
 
 
 def pretrain(
@@ -44,6 +44,7 @@ def pretrain(
         else:
             if data is None or out is None:
                 fail("--data and --out are required (or --resume RUN)")
+            fail_if_run_exists(out)
             cfg = build_config(preset, config, set_, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed)
         dataset = load_dataset(data)
         train_set, held = split_holdout(dataset, cfg.holdout, cfg.seed) if cfg.holdout else (dataset, None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from models.cli_errors import fail
+from models.cli_errors import fail, fail_if_run_exists
 
 
 def finetune(
@@ -64,6 +64,7 @@ def finetune(
                 fail("--pretrained, --data and --out are required (or --resume RUN); use --pretrained none for "
                       "the random-init baseline")  # fmt: skip
             assert pretrained is not None and data is not None
+            fail_if_run_exists(out)
             if pretrained.lower() != "none":
                 load_teacher_state(Path(pretrained))  # fails here, before anything is written
                 pretrained = str(Path(pretrained).resolve())
