@@ -184,6 +184,16 @@ def test_nan_voxels_do_not_empty_the_mask(phantom, tmp_path: Path) -> None:
     assert any("NaN or infinite" in w and f"{6 * 64 * 40} voxel(s)" in w for w in report["warnings"]), report
 
 
+def test_a_scan_that_is_not_in_hu_is_segmented_with_a_warning(phantom, tmp_path: Path) -> None:
+    """Stored values without the rescale intercept (air at +24, not -1000) read fine and give wrong masks."""
+    hu, _, affine = phantom
+    assert not any("Hounsfield" in w for w in _segmenter().segment(write_nifti(tmp_path / "hu.nii.gz", hu,
+                                                                              affine)).warnings)
+    result = _segmenter().segment(write_nifti(tmp_path / "raw.nii.gz", hu + 1024, affine))
+    assert any(w.startswith(f"no voxel below -100 HU (lowest {hu.min() + 1024:g}): the values may not be Hounsfield")
+               for w in result.warnings), result.warnings
+
+
 def test_a_model_box_covers_the_scan_box_it_is_mapped_from() -> None:
     from models.inference.region import box_within, map_box
 

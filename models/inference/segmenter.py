@@ -43,7 +43,7 @@ from models.inference.region import box_within, map_box, organ_box
 from models.inference.resample import resample_labels_interpolated
 from models.inference.stats import organ_stats
 from models.inference.window_attention import window_bias_bytes
-from models.io.reader import CTImage, load_ct
+from models.io.reader import CTImage, hu_warning, load_ct
 from models.modeldir import LabelInfo, ModelSpec, load_model
 
 STAGES = ("load", "preprocess", "network", "postprocess", "write")
@@ -180,6 +180,8 @@ class Segmenter:
         timings["load"] = time.perf_counter() - t0
         info: dict[str, Any] = {"passes": []}
         warnings: list[str] = list(ct.warnings)
+        if (not_hu := hu_warning(ct.array)) is not None:
+            warnings.append(not_hu)
         if opts.bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.append("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated: ~10x slower than "
                             "fp32 here (measured on an AVX2 EPYC); drop --bf16")

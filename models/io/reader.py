@@ -183,6 +183,25 @@ def fill_non_finite(ct: CTImage) -> None:
                        "the scan's lowest value")
 
 
+LOWEST_BODY_HU = -100.0
+"""Fat; air and lung lie far below. A CT of a body has voxels below this."""
+
+
+def hu_warning(array: np.ndarray) -> str | None:
+    """A warning when ``array`` does not look like a CT in Hounsfield units, else None.
+
+    Why: a scan whose rescale intercept was lost in a conversion (stored values, air at 0 or +24 instead
+    of -1000), or an MR image given by mistake, reads without error and gives a mask that is quietly
+    wrong. Every CT of a body holds air or fat, so no voxel below -100 HU means the values are something
+    else. Every 4th voxel on each axis is enough to find air, and costs milliseconds.
+    """
+    low = float(np.min(array[::4, ::4, ::4]))
+    if low < LOWEST_BODY_HU:
+        return None
+    return (f"no voxel below {LOWEST_BODY_HU:g} HU (lowest {low:g}): the values may not be Hounsfield units (air "
+            "is -1000): a lost rescale intercept (-1024), or not a CT? The masks are likely wrong")
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
