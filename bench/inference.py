@@ -10,9 +10,10 @@ process's wall time and peak RSS (``os.wait4``) and repeats the whole comparison
 
 Cases: the real sample's ``example_ct.nii.gz`` (TotalSegmentator's reference CT, 122 x 101 x 112 at 3 mm)
 and the same anatomy at clinical size, 512 x 512 x 300 (``bench/large_ct.py``: interpolated to 0.7 mm,
-noise added, stored LPS), so that a model trained on CT recognises what it sees in both. ``--fast`` and
-``--organs liver`` are timed on the large CT as well (each with its agreement with the full pass; for
-``--organs``, the organ's region and how many of the full pass's windows ran), and ``--bf16`` (opt-in;
+noise added, stored LPS), so that a model trained on CT recognises what it sees in both. ``--fast``,
+``--organs liver`` and ``--organs`` of a small organ are timed on the large CT as well (each with its
+agreement with the full pass; for ``--organs``, the organ's region and how many of the full pass's windows
+ran: the liver's region touches most windows, a kidney's few), and ``--bf16`` (opt-in;
 fast on CPUs with AMX or AVX512-BF16) on both, with its agreement against the fp32 baseline and against
 ``asa segment``'s fp32 mask.
 The model is ``--model RUN`` or, by default, a feature-size-12 BTCV-layout Swin UNETR with random weights
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -170,16 +172,19 @@ def default_model(workdir: Path, feature_size: int = 12) -> Path:
     return save_model(workdir / f"model-random-fs{feature_size}", build_segmentation_network(spec), spec)
 
 
-ORGANS_CASE = "liver"  # `--organs liver`, timed where --fast is: a coarse pass, then the windows near the liver
+# `--organs NAME`, timed where --fast is: a coarse pass, then the windows near the organ. The liver is large
+# (its box touches most of the full pass's windows), the left kidney small: the two ends of what it saves.
+ORGAN_CASES = {"organs": "liver", "organs_small": "left kidney"}
 
 
 def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, overlap: float, env: dict[str, str],
             with_fast: bool, with_bf16: bool = True, baseline_blur: bool = False,
             device: str = "cpu") -> dict[str, Any]:  # fmt: skip
-    asa = str(REPO / ".venv" / "bin" / "asa") if (REPO / ".venv" / "bin" / "asa").exists() else "asa"
-    runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": [], "organs": []}
+    asa = shutil.which("asa") or str(REPO / ".venv" / "bin" / "asa")  # PATH first: bench/gpu/run.sh puts one there
+    runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": [], **{
+        key: [] for key in ORGAN_CASES}}
     for r in range(repeats):
-        out_asa, out_base, out_bf16, out_fast, out_organs = (workdir / case / f"{k}{r}" for k in runs)
+        out_asa, out_base, out_bf16, out_fast = (workdir / case / f"{k}{r}" for k in list(runs)[:4])
         res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_asa),
                          "--overlap", str(overlap), "--device", device], env)  # fmt: skip
         report = json.loads(next(out_asa.rglob("report.json")).read_text())
@@ -201,12 +206,14 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
             res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_fast), "--fast",
                              "--overlap", str(overlap), "--device", device], env)  # fmt: skip
             runs["fast"].append(res)
-            res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_organs), "--organs",
-                             ORGANS_CASE, "--overlap", str(overlap), "--device", device], env)  # fmt: skip
-            report = json.loads(next(out_organs.rglob("report.json")).read_text())
-            res["crop"], fine = report.get("crop"), report["passes"][-1]
-            res["windows"] = {"run": fine.get("windows_run"), "placed": fine.get("windows_placed")}
-            runs["organs"].append(res)
+            for key, organ in ORGAN_CASES.items():
+                out_organs = workdir / case / f"{key}{r}"
+                res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_organs),
+                                 "--organs", organ, "--overlap", str(overlap), "--device", device], env)  # fmt: skip
+                report = json.loads(next(out_organs.rglob("report.json")).read_text())
+                res["crop"], fine = report.get("crop"), report["passes"][-1]
+                res["windows"] = {"run": fine.get("windows_run"), "placed": fine.get("windows_placed")}
+                runs[key].append(res)
     ours, ours_affine = load_mask(next((workdir / case / "asa0").rglob("segmentation.nii.gz")))
     base, base_affine = load_mask(next((workdir / case / "baseline0").rglob("*_seg.nii*")))
     if ours.shape != base.shape or not np.allclose(ours_affine, base_affine, atol=1e-3):
@@ -254,18 +261,20 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
         fast_vs_full = dice_agreement(fast, ours)
         result["fast_vs_full_dice"] = fast_vs_full["mean_dice"]
         result["fast_vs_full_per_label"] = fast_vs_full["per_label"]
-        organs_path = next((workdir / case / "organs0").rglob("segmentation.nii.gz"))
-        organs, _ = load_mask(organs_path)
-        liver = 6  # BTCV id of the one organ asked for
-        full_liver = np.where(ours == liver, liver, 0)
-        result["organs"] = {
-            "organs": ORGANS_CASE,
-            "wall_s": med("organs", "wall_s"),
-            "crop": runs["organs"][0]["crop"],
-            "windows": runs["organs"][0]["windows"],
-            "dice_vs_full": dice_agreement(organs, full_liver)["mean_dice"],
-            "voxels_differing_from_full": disagreement_by_region(organs_path, full_liver, runs["organs"][0]["crop"]),
-        }
+        label_ids = {v["name"]: int(k) for k, v in json.loads((model / "model.json").read_text())["labels"].items()}
+        for key, organ in ORGAN_CASES.items():
+            organs_path = next((workdir / case / f"{key}0").rglob("segmentation.nii.gz"))
+            organs, _ = load_mask(organs_path)
+            full_organ = np.where(ours == label_ids[organ], label_ids[organ], 0)  # the full pass, this organ only
+            result[key] = {
+                "organs": organ,
+                "wall_s": med(key, "wall_s"),
+                "full_pass_voxels": int(np.count_nonzero(full_organ)),
+                "crop": runs[key][0]["crop"],
+                "windows": runs[key][0]["windows"],
+                "dice_vs_full": dice_agreement(organs, full_organ)["mean_dice"],
+                "voxels_differing_from_full": disagreement_by_region(organs_path, full_organ, runs[key][0]["crop"]),
+            }
     return result
 
 
@@ -298,7 +307,9 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.model.resolve() if args.model else default_model(args.workdir, args.feature_size)
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    # the repository first, then what the caller's PYTHONPATH held (bench/gpu/run.sh's packages)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1")
     cases: dict[str, Path] = {}
     wanted = {c.strip() for c in args.cases.split(",")}
     if "real" in wanted:
