@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from models.cli_errors import fail, fail_if_run_exists
+from models.cli_errors import fail, fail_if_run_exists, is_first_rank
 
 
 def pretrain(
@@ -53,17 +53,18 @@ def pretrain(
         return
     assert out is not None and data is not None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "data": str(data.resolve()),
-                "train_cases": [c.id for c in train_set.cases],
-                "holdout_cases": [c.id for c in held.cases] if held else [],
-                "command": sys.argv,
-            },
-            indent=2,
+    if is_first_rank():  # torchrun: one writer (and rank 0's check of --out must not see another rank's file)
+        (out / "run.json").write_text(
+            json.dumps(
+                {
+                    "data": str(data.resolve()),
+                    "train_cases": [c.id for c in train_set.cases],
+                    "holdout_cases": [c.id for c in held.cases] if held else [],
+                    "command": sys.argv,
+                },
+                indent=2,
+            )
         )
-    )
     result = run_pretrain(
         cfg,
         train_set.cases,

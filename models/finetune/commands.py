@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from models.cli_errors import fail, fail_if_run_exists
+from models.cli_errors import fail, fail_if_run_exists, is_first_rank
 
 
 def finetune(
@@ -92,7 +92,7 @@ def finetune(
         "pretrained": cfg.pretrained,
         "command": sys.argv,
     }
-    if resume is None:
+    if resume is None and is_first_rank():
         (out / "run.json").write_text(json.dumps(run_info, indent=2))
     try:
         result = run_finetune(
