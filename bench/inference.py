@@ -181,10 +181,10 @@ def compare(case: str, scan: Path, model: Path, workdir: Path, repeats: int, ove
             with_fast: bool, with_bf16: bool = True, baseline_blur: bool = False,
             device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     asa = shutil.which("asa") or str(REPO / ".venv" / "bin" / "asa")  # PATH first: bench/gpu/run.sh puts one there
-    runs: dict[str, list[dict[str, Any]]] = {"asa": [], "baseline": [], "bf16": [], "fast": [], **{
-        key: [] for key in ORGAN_CASES}}
+    pipelines = ("asa", "baseline", "bf16", "fast")
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in (*pipelines, *ORGAN_CASES)}
     for r in range(repeats):
-        out_asa, out_base, out_bf16, out_fast = (workdir / case / f"{k}{r}" for k in list(runs)[:4])
+        out_asa, out_base, out_bf16, out_fast = (workdir / case / f"{k}{r}" for k in pipelines)
         res = run_child([asa, "segment", str(scan), "--model", str(model), "--out", str(out_asa),
                          "--overlap", str(overlap), "--device", device], env)  # fmt: skip
         report = json.loads(next(out_asa.rglob("report.json")).read_text())
