@@ -298,3 +298,47 @@ def test_save_nifti_roundtrip_and_to_source_shape_check(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(img.dataobj), (vol > 0).astype(np.uint8))
     with pytest.raises(ValueError, match="not the canonical grid"):
         ct.to_source(np.zeros((2, 2, 2)))
+
+
+def _nifti_with_forms(path: Path, qform: np.ndarray | None, qcode: int, sform: np.ndarray | None, scode: int) -> Path:
+    img = nib.Nifti1Image(_volume(), None)
+    img.header.set_zooms((0.8, 0.9, 2.5))
+    img.header.set_qform(qform, code=qcode)
+    img.header.set_sform(sform, code=scode)
+    nib.save(img, str(path))
+    return path
+
+
+def test_nifti_without_orientation_is_read_as_nibabel_reads_it_with_a_warning(tmp_path: Path) -> None:
+    """Both codes 0: viewers disagree (nibabel LAS, ITK LPS); the user must hear that the model may see it mirrored."""
+    path = _nifti_with_forms(tmp_path / "bare.nii.gz", None, 0, None, 0)
+    ct = load_ct(path)
+    assert ct.source.axcodes == "LAS"
+    np.testing.assert_allclose(ct.source.affine, nib.load(str(path)).affine)
+    assert len(ct.warnings) == 1 and ct.warnings[0].startswith("bare.nii.gz: no orientation in the header")
+    assert ct.meta["nifti_forms"]["qform_code"] == 0 and ct.meta["nifti_forms"]["sform_code"] == 0
+
+
+def test_nifti_whose_qform_and_sform_disagree_is_read_with_the_sform_and_a_warning(tmp_path: Path) -> None:
+    sform = _affine(ORIENTATIONS["RAS"], (0.8, 0.9, 2.5), (0.0, 0.0, 0.0))
+    qform = _affine(ORIENTATIONS["LPS"], (0.8, 0.9, 2.5), (10.0, 0.0, 0.0))
+    ct = load_ct(_nifti_with_forms(tmp_path / "two.nii", qform, 1, sform, 1))
+    np.testing.assert_allclose(ct.source.affine, sform, atol=1e-5)
+    assert len(ct.warnings) == 1 and "the qform and the sform disagree" in ct.warnings[0]
+    # the same forms, as a float32 header stores them: no warning
+    assert load_ct(_nifti_with_forms(tmp_path / "same.nii", sform, 1, sform, 1)).warnings == []
+    assert load_ct(_nifti_with_forms(tmp_path / "qonly.nii", qform, 1, None, 0)).warnings == []
+
+
+@pytest.mark.parametrize("codes", [(0, 0), (1, 1), (1, 0), (0, 2)])
+def test_save_nifti_with_the_scans_forms_is_placed_as_the_scan_by_itk_and_nibabel(tmp_path: Path, codes) -> None:
+    """A map written with ``forms`` has the scan's geometry in ITK as in nibabel, whatever header the scan has."""
+    sform = _affine(ORIENTATIONS["oblique"], (0.8, 0.9, 2.5), (5.0, -3.0, 40.0))
+    qform = _affine(ORIENTATIONS["LPS"], (0.8, 0.9, 2.5), (10.0, 0.0, 0.0))
+    scan = _nifti_with_forms(tmp_path / "scan.nii.gz", qform, codes[0], sform, codes[1])
+    ct = load_ct(scan)
+    save_nifti(ct.to_source(ct.array > 0), ct.source.affine, tmp_path / "map.nii.gz", forms=ct.meta["nifti_forms"])
+    a, b = sitk.ReadImage(str(scan)), sitk.ReadImage(str(tmp_path / "map.nii.gz"))
+    for get in ("GetOrigin", "GetDirection", "GetSpacing"):
+        np.testing.assert_allclose(getattr(b, get)(), getattr(a, get)(), atol=1e-4)
+    np.testing.assert_allclose(nib.load(str(tmp_path / "map.nii.gz")).affine, nib.load(str(scan)).affine, atol=1e-4)

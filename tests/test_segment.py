@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from scipy import ndimage
 from segment_helpers import (
@@ -74,6 +75,31 @@ def test_output_is_on_the_input_grid_voxel_for_voxel(name: str, phantom, tmp_pat
     assert img.shape == data.shape and img.get_data_dtype() == np.uint8
     np.testing.assert_allclose(img.affine, aff, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(img.dataobj), expected)
+
+
+def test_a_scan_without_orientation_gets_masks_every_viewer_places_on_it(phantom, tmp_path: Path) -> None:
+    """Both NIfTI codes 0: nibabel reads LAS, ITK LPS. Masks written with the scan's own header (codes 0, its
+    pixdim) sit on the scan in both; masks written with nibabel's affine as code 1 would be mirrored in ITK."""
+    hu, _, _ = phantom
+    img = nib.Nifti1Image(hu.astype(np.int16), None)
+    img.header.set_zooms(SPACING)
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    path = tmp_path / "bare.nii.gz"
+    nib.save(img, str(path))
+    result = _segmenter().segment(path)
+    np.testing.assert_array_equal(result.labels, threshold_labels(hu, THRESHOLDS))
+    assert any("no orientation in the header" in w for w in result.warnings)
+    files = write_outputs(result, tmp_path / "out", split=True, preview=False)
+    scan = sitk.ReadImage(str(path))
+    for name in ("segmentation", "organ:dense"):
+        mask = sitk.ReadImage(str(files[name]))
+        for get in ("GetOrigin", "GetDirection", "GetSpacing"):
+            np.testing.assert_allclose(getattr(mask, get)(), getattr(scan, get)(), atol=1e-4)
+        header = nib.load(str(files[name])).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 0)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("no orientation in the header" in w for w in report["warnings"])
 
 
 def test_fast_runs_at_twice_the_spacing_on_the_input_grid_and_says_so(phantom, tmp_path: Path) -> None:

@@ -78,12 +78,13 @@ def paint(grid_values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def write_order_map(ct: CTImage, result: OrderMap, out: Path) -> dict[str, Any]:
     """NIfTI error map and RGB position map in the input's own space, a PNG, and a JSON summary."""
     out.mkdir(parents=True, exist_ok=True)
+    forms = ct.meta.get("nifti_forms")  # NIfTI input: the scan's own header forms, so the maps sit as it does
     error = ct.to_source(paint(result.error_vox, ct.array.shape).astype(np.float32))
-    save_nifti(error, ct.source.affine, out / "order_error.nii.gz", dtype=np.float32)
+    save_nifti(error, ct.source.affine, out / "order_error.nii.gz", dtype=np.float32, forms=forms)
     rgb = np.clip(result.predicted / max(result.grid - 1, 1), 0, 1) * 255
     rgb_canonical = paint(rgb.astype(np.uint8), ct.array.shape)
     rgb_source = np.stack([ct.to_source(rgb_canonical[..., c]) for c in range(3)], axis=-1)
-    save_nifti(rgb_source, ct.source.affine, out / "order_positions_rgb.nii.gz", dtype=np.uint8)
+    save_nifti(rgb_source, ct.source.affine, out / "order_positions_rgb.nii.gz", dtype=np.uint8, forms=forms)
     _write_png(ct, paint(result.error_vox, ct.array.shape), rgb_canonical, out / "order_map.png")
     summary = {
         "mean_error_vox": result.mean_error_vox,

@@ -308,6 +308,7 @@ def _load_nifti(path: Path) -> CTImage:
         dtype = header.get_data_dtype()
     else:
         img, stored = _read_nifti(path)
+        header = img.header
         slope, inter = _scaling(img)
         dtype = img.get_data_dtype()
         ct = canonicalise(_squeeze_to_3d(stored, path), img.affine, {"path": str(path)})  # float32, scaled below
@@ -317,7 +318,11 @@ def _load_nifti(path: Path) -> CTImage:
         "dtype": str(dtype),
         "scl_slope": _finite_or_none(slope),
         "scl_inter": _finite_or_none(inter),
+        "nifti_forms": nifti_forms(header),
     }
+    warning = nifti_forms_warning(ct.meta["nifti_forms"], source_shape=ct.source.shape)
+    if warning:
+        ct.warnings.append(f"{path.name}: {warning}")
     if slope != 1.0:
         ct.array *= np.float32(slope)
     if inter != 0.0:
@@ -325,6 +330,50 @@ def _load_nifti(path: Path) -> CTImage:
     if dtype.kind == "f":
         fill_non_finite(ct)
     return ct
+
+
+def nifti_forms(header: nib.Nifti1Header | nib.Nifti2Header) -> dict[str, Any]:
+    """The header's qform and sform with their codes (JSON-able), so outputs can carry them unchanged.
+
+    Why: viewers disagree on a NIfTI without a coded orientation (both codes 0: nibabel assumes LAS, ITK
+    LPS) and on one whose qform and sform differ (nibabel takes the sform, others the qform). A mask
+    written with the scan's own forms and codes is placed exactly like the scan by every viewer.
+    """
+    return {
+        "qform": header.get_qform().tolist(),
+        "qform_code": int(header["qform_code"]),
+        "sform": header.get_sform().tolist(),
+        "sform_code": int(header["sform_code"]),
+    }
+
+
+def nifti_forms_warning(forms: dict[str, Any], source_shape: Sequence[int]) -> str | None:
+    """A warning when the orientation of a NIfTI is missing or ambiguous (see :func:`nifti_forms`), else None."""
+    if forms["qform_code"] == 0 and forms["sform_code"] == 0:
+        return (
+            "no orientation in the header (qform_code and sform_code are 0): read as LAS with the spacing from "
+            "pixdim, as nibabel does (ITK-based tools assume LPS). The masks carry the same header, so they overlay "
+            "the scan in any viewer; but if the scan is not stored LAS the model sees it mirrored, and left and "
+            "right organs may be swapped"
+        )
+    if forms["qform_code"] > 0 and forms["sform_code"] > 0:
+        corners = np.array([[i, j, k, 1.0] for i in (0, source_shape[0] - 1) for j in (0, source_shape[1] - 1)
+                            for k in (0, source_shape[2] - 1)])
+        qform, sform = np.asarray(forms["qform"]), np.asarray(forms["sform"])
+        apart = float(np.max(np.linalg.norm((corners @ (qform - sform).T)[:, :3], axis=1)))
+        if apart > 0.5 * min(_spacing(sform)):
+            return (
+                f"the qform and the sform disagree (the scan's corners lie up to {apart:.1f} mm apart): read "
+                "with the sform, as nibabel does; tools that read the qform place the scan elsewhere. The masks "
+                "carry both forms unchanged, so they overlay the scan in any viewer"
+            )
+    return None
+
+
+def apply_nifti_forms(header: nib.Nifti1Header | nib.Nifti2Header, forms: dict[str, Any]) -> None:
+    """Give ``header`` the qform, sform and codes :func:`nifti_forms` read from a scan (pixdim follows)."""
+    header.set_qform(np.asarray(forms["qform"], dtype=np.float64), code=int(forms["qform_code"]))
+    header.set_sform(np.asarray(forms["sform"], dtype=np.float64), code=int(forms["sform_code"]))
 
 
 STREAM_SLAB_BYTES = 8 * 2**20
@@ -470,8 +519,14 @@ def load_label(path: str | Path, like: CTImage) -> np.ndarray:
     return data
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: Any = None) -> None:
-    """Write ``array`` with ``affine`` (sform and qform) to ``path``; creates parent folders."""
+def save_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: Any = None, forms: dict[str, Any] | None = None
+) -> None:
+    """Write ``array`` with ``affine`` (sform and qform) to ``path``; creates parent folders.
+
+    ``forms`` (a NIfTI scan's :func:`nifti_forms`) replaces both with the scan's own forms and codes, so a map
+    on the scan's grid is placed like the scan by every viewer.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array)
@@ -485,4 +540,6 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: A
     img.header.set_data_dtype(arr.dtype)
     img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
     img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
+    if forms is not None:
+        apply_nifti_forms(img.header, forms)
     nib.save(img, str(path))
