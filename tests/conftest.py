@@ -155,6 +155,29 @@ def build_dicom_series(
                            datasets=datasets)
 
 
+def write_enhanced_ct(datasets: Sequence[Dataset], path: Path, frame_order: Sequence[int] | None = None) -> Dataset:
+    """The slices of a classic CT series as one enhanced (multi-frame) image; ``frame_order`` permutes its frames.
+
+    highdicom's legacy conversion (Legacy Converted Enhanced CT, the same functional groups as Enhanced CT):
+    positions per frame, orientation and spacing shared, rescale shared or per frame where slices differ.
+    It stores the frames sorted; ``frame_order`` then reorders them (functional groups and pixels together).
+    """
+    from highdicom import UID
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    image = LegacyConvertedEnhancedCTImage(list(datasets), series_instance_uid=UID(), series_number=2,
+                                           sop_instance_uid=UID(), instance_number=1)
+    if frame_order is not None:
+        order = list(frame_order)
+        pixels = image.pixel_array
+        items = list(image.PerFrameFunctionalGroupsSequence)
+        image.PerFrameFunctionalGroupsSequence = [items[i] for i in order]
+        image.PixelData = np.ascontiguousarray(pixels[order]).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save_as(path)
+    return image
+
+
 @pytest.fixture
 def dicom_series(tmp_path: Path) -> Callable[..., SyntheticSeries]:
     """Factory: ``dicom_series(name="ct", **build_dicom_series kwargs)`` writes under tmp_path/name."""

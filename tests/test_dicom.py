@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import write_enhanced_ct
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from models.io.reader import CTReadError, load_ct
@@ -253,3 +254,37 @@ def test_truncated_pixel_data_error_names_file(dicom_series) -> None:
     with pytest.raises(CTReadError) as exc:
         load_ct(s.folder)
     assert s.files[2].name in str(exc.value)
+
+
+def test_enhanced_multiframe_image_reads_as_its_classic_series(dicom_series, tmp_path: Path) -> None:
+    """Frames stored in any order, rescale per frame: the same volume, affine and HU as the classic series."""
+    s = dicom_series(n=6, slopes=[1, 2, 0.5, 1, 1, 1], intercepts=[-1024, -1000, 0, 10, -1024, -1024],
+                     iop=(0, 1, 0, 0, 0, -1))
+    order = [3, 0, 5, 1, 4, 2]
+    image = write_enhanced_ct(s.datasets, tmp_path / "enhanced" / "ct.dcm", order)
+    assert "PixelValueTransformationSequence" in image.PerFrameFunctionalGroupsSequence[0]  # per-frame rescale
+    classic, enhanced = load_ct(s.folder), load_ct(tmp_path / "enhanced" / "ct.dcm")
+    np.testing.assert_array_equal(enhanced.array, classic.array)
+    np.testing.assert_allclose(enhanced.source.affine, classic.source.affine, atol=1e-6)
+    np.testing.assert_allclose(enhanced.to_source(enhanced.array), s.hu, atol=1e-3)
+    assert enhanced.warnings == []
+    # the volume's slices, in order along the slice normal, are these frames of the file
+    normal = np.cross([0, 1, 0], [0, 0, -1])
+    along = [float(np.dot(item.PlanePositionSequence[0].ImagePositionPatient, normal))
+             for item in image.PerFrameFunctionalGroupsSequence]
+    assert enhanced.meta["frames"] == list(np.argsort(along) + 1) != sorted(enhanced.meta["frames"])
+    assert load_ct(tmp_path / "enhanced").meta["frames"] == enhanced.meta["frames"]  # a folder holding it
+
+
+def test_multiframe_file_that_does_not_describe_its_frames_is_refused(dicom_series, tmp_path: Path) -> None:
+    s = dicom_series(n=3)
+    image = write_enhanced_ct(s.datasets, tmp_path / "a.dcm")
+    del image.PerFrameFunctionalGroupsSequence
+    image.save_as(tmp_path / "a.dcm")
+    with pytest.raises(CTReadError, match=r"a\.dcm has 3 frames and none per-frame functional groups"):
+        load_ct(tmp_path / "a.dcm")
+    image = write_enhanced_ct(s.datasets, tmp_path / "b.dcm")
+    del image.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence
+    image.save_as(tmp_path / "b.dcm")
+    with pytest.raises(CTReadError, match=r"b\.dcm \(frame 2\) .* lacks ImagePositionPatient"):
+        load_ct(tmp_path / "b.dcm")

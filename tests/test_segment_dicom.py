@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import write_enhanced_ct
 from segment_helpers import ThresholdNet, threshold_labels, threshold_spec
 
 from models.inference import SegmentationResult, Segmenter, SegmentOptions, write_outputs
@@ -40,9 +41,24 @@ def _seg_by_source(path: Path, sop_uids: list[str]) -> dict[str, np.ndarray]:
     return {seg.get_segment_description(n).segment_label: pixels == n for n in numbers}
 
 
+def _seg_by_frame(path: Path, sop_uid: str, frames: list[int]) -> dict[str, np.ndarray]:
+    """A DICOM-SEG on a multi-frame source, read back: organ name -> mask of each of its ``frames``, in order."""
+    seg = hd.seg.segread(path)
+    numbers = seg.get_segment_numbers()
+    pixels = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=sop_uid, source_frame_numbers=frames, segment_numbers=numbers,
+        combine_segments=True, relabel=False, assert_missing_frames_are_empty=True,
+    )
+    return {seg.get_segment_description(n).segment_label: pixels == n for n in numbers}
+
+
 def _check_seg_matches_nifti(result: SegmentationResult, out: Path) -> None:
     nifti = np.asarray(nib.load(str(out / "segmentation.nii.gz")).dataobj)
-    masks = _seg_by_source(out / "segmentation.dcm", result.ct.meta["sop_instance_uids"])
+    meta = result.ct.meta
+    if "frames" in meta:  # an enhanced image: one source instance, referenced frame by frame
+        masks = _seg_by_frame(out / "segmentation.dcm", meta["sop_instance_uids"][0], meta["frames"])
+    else:
+        masks = _seg_by_source(out / "segmentation.dcm", meta["sop_instance_uids"])
     assert set(masks) == {o["name"] for o in result.stats["organs"] if o["voxels"]}
     for organ_id, name in result.organ_names.items():
         expected = (nifti == organ_id).transpose(2, 1, 0)  # (column, row, slice) -> frames (slice, row, column)
@@ -69,6 +85,21 @@ def test_dicom_masks_follow_the_slice_order(dicom_series, tmp_path: Path, iop) -
     _check_seg_matches_nifti(result, out)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["coordinate_system"] == "LPS"
+    assert not [w for w in result.warnings if "DICOM-SEG" in w]
+
+
+def test_enhanced_image_masks_and_dicom_seg_follow_its_frames(dicom_series, tmp_path: Path) -> None:
+    """Frames stored out of order: the mask is in the volume's order, the SEG references each frame it lies on."""
+    series = dicom_series("ct", n=7, rows=32, cols=24)
+    path = tmp_path / "enhanced.dcm"
+    image = write_enhanced_ct(series.datasets, path, frame_order=[4, 0, 6, 2, 1, 5, 3])
+    result = _segmenter(load_ct(path).spacing).segment(path)
+    np.testing.assert_array_equal(result.labels, threshold_labels(series.hu, THRESHOLDS))
+    files = write_outputs(result, tmp_path / "out", preview=False)
+    ds = pydicom.dcmread(files["dicom_seg"])
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == image.SeriesInstanceUID
+    assert result.ct.meta["sop_instance_uids"] == [image.SOPInstanceUID] * 7
+    _check_seg_matches_nifti(result, tmp_path / "out")
     assert not [w for w in result.warnings if "DICOM-SEG" in w]
 
 
@@ -112,6 +143,22 @@ def test_real_dicom_series_masks_and_dicom_seg(ct_sample_dir: Path, tmp_path: Pa
     assert any("substitute UIDs" in w for w in result.warnings)  # the sample's study/series UIDs are blank
     _check_seg_matches_nifti(result, out)
     assert (out / "preview.png").stat().st_size > 10_000
+
+    # the same series as one enhanced (multi-frame) image, frames reversed: the same mask, a SEG on its frames
+    datasets = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
+    study, series_uid = hd.UID(), hd.UID()
+    for ds in datasets:  # the sample is anonymised (blank UIDs) and JPEG 2000: what the conversion cannot take
+        ds.decompress()
+        ds.SOPClassUID = pydicom.uid.CTImageStorage
+        ds.SOPInstanceUID = ds.SOPInstanceUID or hd.UID()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+    write_enhanced_ct(datasets, tmp_path / "enhanced.dcm", frame_order=range(len(datasets) - 1, -1, -1))
+    enhanced = _segmenter(ct.spacing, roi=64, overlap=0.25).segment(tmp_path / "enhanced.dcm")
+    np.testing.assert_array_equal(enhanced.ct.array, ct.array)
+    write_outputs(enhanced, tmp_path / "enhanced_out", preview=False)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "enhanced_out" / "segmentation.nii.gz")).dataobj),
+                                  nifti)
+    _check_seg_matches_nifti(enhanced, tmp_path / "enhanced_out")
 
 
 def test_dicom_file_list_input(dicom_series, tmp_path: Path) -> None:

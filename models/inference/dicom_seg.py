@@ -5,6 +5,9 @@ Each frame references the source slice it lies on (by SOPInstanceUID), so the SE
 label map in the input's own slice order: ``result.labels[:, :, k]`` is slice ``k`` of
 ``ct.meta['files']`` (the reader's order along the slice normal), transposed to (row, column).
 
+For an enhanced (multi-frame) CT image the SEG references that one image, frame by frame: ``ct.meta['frames']``
+(1-based) says which frame of it each slice of the label map is.
+
 Anonymised series sometimes have blank UIDs (the TotalSegmentator sample does): a SEG cannot reference
 a blank UID, so stable substitutes are derived from the file names and the fact is returned as a
 warning (the SEG then lines up geometrically but will not link to the study in a PACS).
@@ -99,11 +102,12 @@ def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
     ct = result.ct
     if ct.meta.get("format") != "dicom":
         raise ValueError("a DICOM-SEG needs a DICOM input series")
-    files = list(ct.meta["files"])
+    files = list(dict.fromkeys(ct.meta["files"]))  # a multi-frame image: one file for every slice
+    sop_uids = list(dict(zip(ct.meta["files"], ct.meta.get("sop_instance_uids", []), strict=False)).values())
     headers = read_source_headers(files)
     warnings = []
     _complete_type2(headers)
-    fixed = _fill_blank_uids(headers, list(ct.meta.get("sop_instance_uids", [])), files)
+    fixed = _fill_blank_uids(headers, sop_uids, files)
     if fixed:
         warnings.append(f"the source series has blank {', '.join(fixed)} (anonymised?): the DICOM-SEG references "
                         "substitute UIDs, so it lines up with the images but will not link to them in a PACS")
@@ -127,7 +131,7 @@ def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(*info.color),
         ))
-    frames = np.ascontiguousarray(lut[result.labels].transpose(2, 1, 0))  # (slice, row, column) = source order
+    frames = _source_frames(lut[result.labels].transpose(2, 1, 0), ct.meta.get("frames"), headers)
     seg = hd.seg.Segmentation(
         source_images=headers,
         pixel_array=frames,
@@ -146,3 +150,15 @@ def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return warnings
+
+
+def _source_frames(slices: np.ndarray, frames: list[int | None] | None, headers: list[Dataset]) -> np.ndarray:
+    """The (slice, row, column) masks in the order highdicom pairs them with the source: one per source
+    slice file, or for a multi-frame source, one per frame of it (frame ``frames[k]`` gets slice ``k``)."""
+    if frames is None:
+        return np.ascontiguousarray(slices)
+    if len(headers) != 1 or None in frames:
+        raise ValueError(f"a DICOM-SEG can reference one multi-frame image, and this series has {len(headers)} files")
+    out = np.zeros((int(headers[0].NumberOfFrames), *slices.shape[1:]), dtype=slices.dtype)
+    out[np.asarray(frames) - 1] = slices
+    return out

@@ -5,7 +5,8 @@ because file names and InstanceNumber are routinely wrong or reversed; slices ar
 position along the slice normal (row x column direction); the slice step is measured from the
 positions (SliceThickness is not the spacing); RescaleSlope/Intercept are applied per slice.
 A series that cannot be put on a regular grid (gaps, duplicates, gantry tilt, mixed sizes) is an
-error rather than a silently wrong volume.
+error rather than a silently wrong volume. An enhanced (multi-frame) CT image is read frame by frame: each
+frame gets the classic header its functional groups describe, and from there on is a slice like any other.
 """
 
 from __future__ import annotations
@@ -34,14 +35,40 @@ MAX_TILT_DEG = 0.05  # above this the positions are visibly sheared: refuse inst
 GAP_FACTOR = 1.5  # a step larger than this x median step means slices are missing
 UNEVEN_REL_TOL = 0.01  # relative spread of steps above which spacing is reported as uneven
 
+# where an enhanced (multi-frame) image keeps, per frame or shared, what a classic slice has at its top level
+_FRAME_GROUPS = {
+    "ImagePositionPatient": "PlanePositionSequence",
+    "ImageOrientationPatient": "PlaneOrientationSequence",
+    "PixelSpacing": "PixelMeasuresSequence",
+    "SliceThickness": "PixelMeasuresSequence",
+    "SpacingBetweenSlices": "PixelMeasuresSequence",
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+    "WindowCenter": "FrameVOILUTSequence",
+    "WindowWidth": "FrameVOILUTSequence",
+}
+# what the reader reads from a slice's top level besides those: copied into every frame's header
+_IMAGE_TAGS = ("SOPInstanceUID", "SOPClassUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID",
+               "FrameOfReferenceUID", "SeriesDescription", "Rows", "Columns", "GantryDetectorTilt")
+
 
 @dataclass
 class _Slice:
-    """One DICOM file's header (no pixels yet) and how to re-open it for the pixels."""
+    """One DICOM file's header (no pixels yet) and how to re-open it for the pixels.
 
-    name: str
+    A frame of an enhanced (multi-frame) image is a slice too: ``frame`` is its 0-based index in ``path``
+    and ``header`` the classic header its functional groups describe (:func:`_frames_of`).
+    """
+
+    path: str
     header: Dataset
     opener: Callable[[], BinaryIO | str]
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The file, and the frame in it, for messages."""
+        return self.path if self.frame is None else f"{self.path} (frame {self.frame + 1})"
 
     @property
     def series_uid(self) -> str:
@@ -123,7 +150,7 @@ def _load(
     volume = _read_pixels(ordered, label)
     meta = _series_meta(ordered, groups, chosen_uid, origin)
     sop_uids = meta["sop_instance_uids"]
-    if len(set(sop_uids)) != len(sop_uids) or not all(sop_uids):
+    if len({(s.sop_uid, s.frame) for s in ordered}) != len(ordered) or not all(sop_uids):
         warnings.append(f"{label}: SOPInstanceUIDs are missing or repeated; reference slices by meta['files']")
     return canonicalise(volume, affine, meta, warnings, slice_order=sop_uids)
 
@@ -153,7 +180,10 @@ def _read_headers(
             raise CTReadError(
                 f"unreadable or corrupt DICOM file {name}: incomplete header (no {', '.join(missing)})"
             )
-        slices.append(_Slice(name=name, header=ds, opener=opener))
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+            slices.extend(_frames_of(name, ds, opener))
+        else:
+            slices.append(_Slice(path=name, header=ds, opener=opener))
     if not slices:
         hint = f" ({len(skipped)} non-DICOM files, e.g. {skipped[0]})" if skipped else ""
         raise CTReadError(f"no DICOM files found in {origin}{hint}")
@@ -161,6 +191,41 @@ def _read_headers(
         shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         warnings.append(f"skipped {len(skipped)} non-DICOM file(s) in {origin}: {shown}")
     return slices
+
+
+def _frames_of(name: str, ds: Dataset, opener: Callable[[], BinaryIO | str]) -> list[_Slice]:
+    """An enhanced (multi-frame) image as one slice per frame, with the header a classic slice would have.
+
+    Why: position, orientation, spacing and rescale live in each frame's functional groups (or the
+    shared ones), and frames may be stored in any order. Giving each frame a classic header lets the
+    one ordering, gap, tilt and rescale logic of this module handle both kinds of series.
+    """
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != n:
+        found = "none" if per_frame is None else len(per_frame)
+        raise CTReadError(
+            f"multi-frame DICOM file {name} has {n} frames and {found} per-frame functional groups: "
+            "its frames cannot be placed (only enhanced images, which describe every frame, are read)"
+        )
+    shared_groups = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_groups[0] if shared_groups else Dataset()
+    frames = []
+    for f in range(n):
+        header = Dataset()
+        for keyword in _IMAGE_TAGS:
+            if keyword in ds:
+                header[keyword] = ds[keyword]
+        for keyword, group in _FRAME_GROUPS.items():
+            for functional in (per_frame[f], shared):  # the frame's own group wins over the shared one
+                items = functional.get(group)
+                if items and keyword in items[0]:
+                    header[keyword] = items[0][keyword]
+                    break
+        if hasattr(ds, "file_meta"):
+            header.file_meta = ds.file_meta
+        frames.append(_Slice(path=name, header=header, opener=opener, frame=f))
+    return frames
 
 
 def _group_series(slices: list[_Slice]) -> dict[str, list[_Slice]]:
@@ -231,8 +296,6 @@ def _check_consistent(series: list[_Slice], label: str) -> None:
                    if t not in h]
         if missing:
             raise CTReadError(f"DICOM file {s.name} ({label}) lacks {', '.join(missing)}")
-        if int(h.get("NumberOfFrames", 1) or 1) > 1:
-            raise CTReadError(f"multi-frame (enhanced) DICOM is not supported: {s.name} ({label})")
     ref = series[0]
     for s in series[1:]:
         if (s.header.Rows, s.header.Columns) != (ref.header.Rows, ref.header.Columns):
@@ -339,29 +402,46 @@ def _check_tilt(ordered: list[_Slice], positions: np.ndarray, dist: np.ndarray, 
 
 
 def _read_pixels(ordered: list[_Slice], label: str) -> np.ndarray:
-    """Decode each slice (any transfer syntax pydicom+pylibjpeg decode) and apply its rescale.
+    """Decode each file once (any transfer syntax pydicom+pylibjpeg decode) and apply each slice's rescale.
 
-    Compressed series of many slices are decoded in worker processes (:mod:`models.io.dicom_pixels`).
+    Compressed series of many files are decoded in worker processes (:mod:`models.io.dicom_pixels`). The
+    frames of an enhanced image come from its one decoded array, each with its own frame's rescale.
     """
     h0 = ordered[0].header
     vol = np.empty((int(h0.Columns), int(h0.Rows), len(ordered)), dtype=np.float32)
+    members: dict[str, list[int]] = defaultdict(list)  # file -> where its slices or frames go in the volume
+    for k, s in enumerate(ordered):
+        members[s.path].append(k)
+    files = [ordered[ks[0]] for ks in members.values()]
     syntax = getattr(getattr(h0, "file_meta", None), "TransferSyntaxUID", None)
-    workers = decode_workers(len(ordered), compressed=bool(syntax is not None and syntax.is_compressed))
-    with contextlib.closing(decode_series([s.opener for s in ordered], workers)) as decoded:
-        for k, s in enumerate(ordered):
+    workers = decode_workers(len(files), compressed=bool(syntax is not None and syntax.is_compressed))
+    with contextlib.closing(decode_series([f.opener for f in files], workers)) as decoded:
+        for first in files:
             try:
                 pixels, slope, intercept = next(decoded)
             except NoPixelData as exc:
-                raise CTReadError(f"no pixel data in DICOM file {s.name} ({label})") from exc
+                raise CTReadError(f"no pixel data in DICOM file {first.path} ({label})") from exc
             except Exception as exc:
-                ts = getattr(getattr(s.header, "file_meta", None), "TransferSyntaxUID", None)
+                ts = getattr(getattr(first.header, "file_meta", None), "TransferSyntaxUID", None)
                 ts_txt = f" (transfer syntax {ts.name if ts is not None else 'unknown'})"
                 raise CTReadError(
-                    f"cannot decode pixel data of DICOM file {s.name}{ts_txt} in {label}: {type(exc).__name__}: {exc}"
+                    f"cannot decode pixel data of DICOM file {first.path}{ts_txt} in {label}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
-            if pixels.shape != (int(h0.Rows), int(h0.Columns)):
-                raise CTReadError(f"unexpected pixel array shape {pixels.shape} in DICOM file {s.name} ({label})")
-            vol[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
+            for k in members[first.path]:
+                s = ordered[k]
+                plane, a, b = pixels, slope, intercept
+                if s.frame is not None:  # the header's rescale is the frame's own (functional groups)
+                    frames = pixels if pixels.ndim == 3 else pixels[None]
+                    if s.frame >= len(frames):
+                        raise CTReadError(f"DICOM file {s.path} holds {len(frames)} frames, its header describes "
+                                          f"more ({label})")
+                    plane = frames[s.frame]
+                    a = float(s.header.get("RescaleSlope", 1.0) or 1.0)
+                    b = float(s.header.get("RescaleIntercept", 0.0) or 0.0)
+                if plane.shape != (int(h0.Rows), int(h0.Columns)):
+                    raise CTReadError(f"unexpected pixel array shape {plane.shape} in DICOM file {s.name} ({label})")
+                vol[:, :, k] = (plane.astype(np.float64) * a + b).T
     return vol
 
 
@@ -382,7 +462,7 @@ def _series_meta(ordered: list[_Slice], groups: dict[str, list[_Slice]], chosen:
     return {
         "format": "dicom",
         "path": origin,
-        "files": [s.name for s in ordered],
+        "files": [s.path for s in ordered],
         "study_uid": str(h.get("StudyInstanceUID", "") or ""),
         "series_uid": chosen,
         "frame_of_reference_uid": str(h.get("FrameOfReferenceUID", "") or ""),
@@ -394,4 +474,6 @@ def _series_meta(ordered: list[_Slice], groups: dict[str, list[_Slice]], chosen:
         "window_width": _first_float(h.get("WindowWidth")),
         "series": series,
         "other_series": [s for s in series if s["uid"] != chosen],
+        **({"frames": [None if s.frame is None else s.frame + 1 for s in ordered]}
+           if any(s.frame is not None for s in ordered) else {}),
     }
