@@ -187,6 +187,24 @@ def test_mixed_orientation_error(dicom_series) -> None:
         load_ct(s.folder)
 
 
+def test_a_scout_filed_in_the_series_is_skipped_with_a_warning(dicom_series, tmp_path: Path) -> None:
+    """A localizer (another orientation and size) in the axial series: dropped, not a 'mixed' refusal."""
+    s = dicom_series(n=5)
+    expected = load_ct(s.folder).array
+    scout = s.datasets[0].copy()
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.Rows, scout.SOPInstanceUID = 20, pydicom.uid.generate_uid()
+    scout.PixelData = np.zeros((20, int(scout.Columns)), "<i2").tobytes()
+    scout.save_as(s.folder / "scout.dcm", enforce_file_format=True)
+    ct = load_ct(s.folder)
+    np.testing.assert_array_equal(ct.array, expected)
+    assert any("skipped 1 localizer (scout) image(s), e.g." in w and "scout.dcm" in w for w in ct.warnings)
+    assert len(ct.meta["files"]) == 5
+    with pytest.raises(CTReadError, match="holds only localizer"):
+        load_ct([s.folder / "scout.dcm"])
+
+
 def test_lone_non_ct_series_error_names_modality(dicom_series) -> None:
     s = dicom_series(n=3, modality="MR")
     with pytest.raises(CTReadError, match="modality MR, not CT"):

@@ -49,7 +49,7 @@ _FRAME_GROUPS = {
 }
 # what the reader reads from a slice's top level besides those: copied into every frame's header
 _IMAGE_TAGS = ("SOPInstanceUID", "SOPClassUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID",
-               "FrameOfReferenceUID", "SeriesDescription", "Rows", "Columns", "GantryDetectorTilt")
+               "FrameOfReferenceUID", "SeriesDescription", "Rows", "Columns", "GantryDetectorTilt", "ImageType")
 
 
 @dataclass
@@ -145,6 +145,7 @@ def _load(
     chosen_uid = _choose_series(groups, origin, series_uid, warnings)
     series = groups[chosen_uid]
     label = _series_label(chosen_uid, series, origin)
+    series = _without_localizers(series, label, warnings)
     _check_consistent(series, label)
     ordered, affine = _order_and_geometry(series, label, warnings)
     volume = _read_pixels(ordered, label)
@@ -286,6 +287,25 @@ def _choose_series(
 
 def _series_label(uid: str, series: list[_Slice], origin: str) -> str:
     return f"series {uid or '<no SeriesInstanceUID>'} in {origin}"
+
+
+def _is_localizer(s: _Slice) -> bool:
+    value = s.header.get("ImageType") or []
+    return "LOCALIZER" in (str(v).upper() for v in ([value] if isinstance(value, str) else value))
+
+
+def _without_localizers(series: list[_Slice], label: str, warnings: list[str]) -> list[_Slice]:
+    """Drop scout images (ImageType LOCALIZER) that some scanners file in the axial series, with a warning.
+
+    Why: a scout has another orientation and size, so keeping it would refuse the whole series as mixed.
+    """
+    scouts = [s for s in series if _is_localizer(s)]
+    if not scouts:
+        return series
+    if len(scouts) == len(series):
+        raise CTReadError(f"{label} holds only localizer (scout) images, e.g. {scouts[0].name}: not a CT volume")
+    warnings.append(f"{label}: skipped {len(scouts)} localizer (scout) image(s), e.g. {scouts[0].name}")
+    return [s for s in series if not _is_localizer(s)]
 
 
 def _check_consistent(series: list[_Slice], label: str) -> None:
