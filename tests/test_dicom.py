@@ -153,12 +153,32 @@ def test_duplicate_positions_error(dicom_series) -> None:
     assert s.files[1].name in str(exc.value)
 
 
-def test_gantry_tilt_error_names_angle(dicom_series) -> None:
+def test_gantry_tilted_series_keeps_its_sheared_grid_with_a_warning(dicom_series) -> None:
+    """Every voxel of the volume lies where its DICOM slice puts it: the affine's slice axis leans with the tilt."""
     tilt = np.radians(15)
     z = np.arange(6) * 2.0
-    pos = np.c_[np.zeros(6), z * np.tan(tilt), z]  # origins slide along y as z grows
-    s = dicom_series(n=6, positions=pos)
-    with pytest.raises(CTReadError, match=r"gantry tilt.*15\.00 degrees"):
+    pos = np.c_[np.zeros(6), z * np.tan(tilt), z][::-1]  # origins slide along y as z grows; files in any order
+    s = dicom_series(n=6, positions=pos, rows=10, cols=12, pixel_spacing=(0.8, 0.7))
+    ct = load_ct(s.folder)
+    assert any("gantry tilt of 15.00 degrees" in w for w in ct.warnings)
+    np.testing.assert_allclose(ct.to_source(ct.array), s.hu[:, :, ::-1], atol=1e-3)  # slices bottom to top
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    for k in range(6):
+        for i, j in ((0, 0), (11, 0), (3, 9)):
+            dicom = pos[::-1][k] + i * 0.7 * np.array([1.0, 0, 0]) + j * 0.8 * np.array([0, 1.0, 0])
+            np.testing.assert_allclose((ct.source.affine @ [i, j, k, 1.0])[:3], lps_to_ras @ dicom, atol=1e-6)
+
+
+def test_slice_origins_off_one_line_or_leaning_too_far_are_refused(dicom_series) -> None:
+    z = np.arange(6) * 2.0
+    wobble = np.c_[np.zeros(6), [0, 0.5, 0.5, 1.5, 1.5, 2.0], z]
+    s = dicom_series("wobble", n=6, positions=wobble)
+    with pytest.raises(CTReadError, match=r"drift sideways but not along one line") as exc:
+        load_ct(s.folder)
+    assert "IM" in str(exc.value)
+    steep = np.c_[np.zeros(6), z * np.tan(np.radians(50)), z]
+    s = dicom_series("steep", n=6, positions=steep)
+    with pytest.raises(CTReadError, match=r"lean 50\.00 degrees"):
         load_ct(s.folder)
 
 

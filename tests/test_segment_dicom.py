@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import write_enhanced_ct
-from segment_helpers import ThresholdNet, threshold_labels, threshold_spec
+from segment_helpers import ThresholdNet, dice, threshold_labels, threshold_spec
 
 from models.inference import SegmentationResult, Segmenter, SegmentOptions, write_outputs
 from models.io.reader import load_ct
@@ -101,6 +101,42 @@ def test_enhanced_image_masks_and_dicom_seg_follow_its_frames(dicom_series, tmp_
     assert result.ct.meta["sop_instance_uids"] == [image.SOPInstanceUID] * 7
     _check_seg_matches_nifti(result, tmp_path / "out")
     assert not [w for w in result.warnings if "DICOM-SEG" in w]
+
+
+def test_gantry_tilted_series_masks_lie_on_the_source_slices(dicom_series, tmp_path: Path) -> None:
+    """A ball scanned with a 20 degree tilt: the mask of each stored slice covers the ball where that slice cut it.
+
+    The slices' origins drift 15 mm across the ball, so a mask placed as if the stack were orthogonal misses
+    half of it; the model sees the scan resampled to an orthogonal grid, and its labels come back through
+    the sheared affine.
+    """
+    n, rows, cols, spacing, step, tilt = 24, 48, 48, 2.0, 2.5, np.radians(20)
+    z = np.arange(n) * step
+    positions = np.c_[np.full(n, -48.0), -48.0 + z * np.tan(tilt), z - 30.0]  # LPS; origins slide along y
+    series = dicom_series("tilt", n=n, rows=rows, cols=cols, pixel_spacing=(spacing, spacing), positions=positions)
+    centre, radius = np.array([5.0, 10.0, 10.0]), 15.0
+    i, j = np.meshgrid(np.arange(cols) * spacing, np.arange(rows) * spacing, indexing="ij")  # (column, row)
+
+    def ball(origin_y_drift: bool) -> np.ndarray:
+        out = np.zeros((cols, rows, n), dtype=bool)
+        for k in range(n):
+            origin = positions[k] if origin_y_drift else np.r_[positions[k][0], -48.0, positions[k][2]]
+            out[:, :, k] = ((origin[0] + i - centre[0]) ** 2 + (origin[1] + j - centre[1]) ** 2
+                            + (origin[2] - centre[2]) ** 2) < radius**2
+        return out
+
+    truth = ball(True)
+    for k, (ds, path) in enumerate(zip(series.datasets, series.files, strict=True)):
+        ds.PixelData = (truth[:, :, k].T * 200 + 1024).astype("<i2").tobytes()  # 200 HU in the ball, 0 outside
+        ds.save_as(path, enforce_file_format=True)
+    result = _segmenter((spacing, spacing, step)).segment(series.folder)
+    assert any("gantry tilt of 20.00 degrees" in w for w in result.warnings)
+    found = result.labels == 2
+    assert dice(found, truth) > 0.9 and dice(found, ball(False)) < 0.6
+    out = tmp_path / "out"
+    write_outputs(result, out, preview=False)
+    np.testing.assert_allclose(nib.load(str(out / "segmentation.nii.gz")).affine, result.affine, atol=1e-4)
+    _check_seg_matches_nifti(result, out)
 
 
 def test_dicom_zip_and_organs_and_no_dicom_seg(dicom_series, tmp_path: Path) -> None:

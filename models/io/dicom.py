@@ -4,8 +4,10 @@ Rules (why): the geometry comes only from ImageOrientationPatient/ImagePositionP
 because file names and InstanceNumber are routinely wrong or reversed; slices are ordered by their
 position along the slice normal (row x column direction); the slice step is measured from the
 positions (SliceThickness is not the spacing); RescaleSlope/Intercept are applied per slice.
-A series that cannot be put on a regular grid (gaps, duplicates, gantry tilt, mixed sizes) is an
-error rather than a silently wrong volume. An enhanced (multi-frame) CT image is read frame by frame: each
+A series that cannot be put on a regular grid (gaps, duplicates, mixed sizes, origins off one line) is an
+error rather than a silently wrong volume. A gantry-tilted series keeps its own, sheared grid (the slice
+axis leans along the table), so masks lie on the source slices; the model sees it resampled to an
+orthogonal grid (MONAI ``Spacing`` removes the shear). An enhanced (multi-frame) CT image is read frame by frame: each
 frame gets the classic header its functional groups describe, and from there on is a slice like any other.
 """
 
@@ -31,7 +33,9 @@ from models.io.reader import LPS_TO_RAS, CTImage, CTReadError, canonicalise
 __all__ = ["load_dicom_files", "load_dicom_folder", "load_dicom_zip"]
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an image
-MAX_TILT_DEG = 0.05  # above this the positions are visibly sheared: refuse instead of resampling
+STRAIGHT_DEG = 0.05  # slice origins within this angle of the normal: an orthogonal stack
+MAX_TILT_DEG = 45.0  # gantries tilt up to about 30 degrees; a steeper lean is not a tilted acquisition
+LINE_TOL = 0.1  # slice origins further than this share of a pixel off one straight line: not one stack
 GAP_FACTOR = 1.5  # a step larger than this x median step means slices are missing
 UNEVEN_REL_TOL = 0.01  # relative spread of steps above which spacing is reported as uneven
 
@@ -359,12 +363,12 @@ def _order_and_geometry(series: list[_Slice], label: str, warnings: list[str]) -
     ordered = [series[i] for i in order]
     positions, dist = positions[order], dist[order]
     step = _check_steps(ordered, dist, label, warnings)
-    _check_tilt(ordered, positions, dist, normal, label)
+    slice_axis = _slice_axis(ordered, positions, dist, normal, step, label, warnings)
     ps = _floats(h0.PixelSpacing)
     lps = np.eye(4)
     lps[:3, 0] = row_dir * ps[1]
     lps[:3, 1] = col_dir * ps[0]
-    lps[:3, 2] = normal * step
+    lps[:3, 2] = slice_axis
     lps[:3, 3] = positions[0]
     return ordered, LPS_TO_RAS @ lps
 
@@ -402,23 +406,46 @@ def _check_steps(ordered: list[_Slice], dist: np.ndarray, label: str, warnings: 
     return float((dist[-1] - dist[0]) / (len(dist) - 1))
 
 
-def _check_tilt(ordered: list[_Slice], positions: np.ndarray, dist: np.ndarray, normal: np.ndarray, label: str) -> None:
-    """Slice origins must move along the normal; any sideways drift (gantry tilt) would shear the grid."""
+def _slice_axis(
+    ordered: list[_Slice], positions: np.ndarray, dist: np.ndarray, normal: np.ndarray, step: float, label: str,
+    warnings: list[str],
+) -> np.ndarray:
+    """The step from one slice's origin to the next (LPS mm): ``normal * step``, or leaning with a gantry tilt.
+
+    Tilted gantries stack slices whose origins drift sideways in proportion to their distance along the
+    normal: the grid is sheared, exactly described by an affine whose slice axis is the mean step between
+    origins. Origins that drift but not along one straight line cannot be one grid and are refused.
+    """
     if len(ordered) < 2:
-        return
+        return normal * step
     rel = positions - positions[0]
     sideways = rel - np.outer(rel @ normal, normal)
+    extent = dist[-1] - dist[0]
     drift = np.linalg.norm(sideways, axis=1)
-    extent = abs(dist[-1] - dist[0])
     angle = float(np.degrees(np.arctan2(drift.max(), extent)))
-    if angle > MAX_TILT_DEG:
-        tag = ordered[0].header.get("GantryDetectorTilt")
-        tag_txt = f"; GantryDetectorTilt={tag}" if tag is not None else ""
+    if angle <= STRAIGHT_DEG:
+        return normal * step
+    worst = ordered[int(np.argmax(drift))].name
+    off_line = np.linalg.norm(sideways - np.outer((dist - dist[0]) / extent, sideways[-1]), axis=1)
+    pixel = float(min(_floats(ordered[0].header.PixelSpacing)))
+    if off_line.max() > LINE_TOL * pixel:
         raise CTReadError(
-            f"gantry tilt / sheared slice stack in {label}: slice positions deviate {angle:.2f} degrees from the "
-            f"slice normal (up to {drift.max():.2f} mm sideways, e.g. {ordered[int(np.argmax(drift))].name})"
-            f"{tag_txt}; resample the series to an orthogonal grid first"
+            f"slice origins of {label} drift sideways but not along one line (up to {off_line.max():.2f} mm off it, "
+            f"e.g. {ordered[int(np.argmax(off_line))].name}): not one stack of slices"
         )
+    tag = ordered[0].header.get("GantryDetectorTilt")
+    tag_txt = f", GantryDetectorTilt {tag}" if tag is not None else ""
+    if angle > MAX_TILT_DEG:
+        raise CTReadError(
+            f"slice origins of {label} lean {angle:.2f} degrees from the slice normal (up to {drift.max():.2f} mm "
+            f"sideways, e.g. {worst}{tag_txt}): more than a gantry tilts ({MAX_TILT_DEG:g} degrees)"
+        )
+    warnings.append(
+        f"gantry tilt of {angle:.2f} degrees in {label}{tag_txt}: the volume keeps the slices' sheared grid, so "
+        "the masks lie on the source slices (the DICOM-SEG in any viewer; a NIfTI holds the shear in its sform "
+        "only, which ITK-based tools cannot represent); the model sees the scan resampled to an orthogonal grid"
+    )
+    return (positions[-1] - positions[0]) / (len(ordered) - 1)
 
 
 def _read_pixels(ordered: list[_Slice], label: str) -> np.ndarray:
