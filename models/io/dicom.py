@@ -7,8 +7,9 @@ positions (SliceThickness is not the spacing); RescaleSlope/Intercept are applie
 A series that cannot be put on a regular grid (gaps, duplicates, mixed sizes, origins off one line) is an
 error rather than a silently wrong volume. A gantry-tilted series keeps its own, sheared grid (the slice
 axis leans along the table), so masks lie on the source slices; the model sees it resampled to an
-orthogonal grid (MONAI ``Spacing`` removes the shear). An enhanced (multi-frame) CT image is read frame by frame: each
-frame gets the classic header its functional groups describe, and from there on is a slice like any other.
+orthogonal grid (MONAI ``Spacing`` removes the shear). An enhanced (multi-frame) CT image is read frame
+by frame: each frame gets the classic header its functional groups describe, and from there on is a
+slice like any other. A scout (ImageType LOCALIZER) filed in the series is skipped.
 """
 
 from __future__ import annotations
