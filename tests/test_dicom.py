@@ -312,6 +312,9 @@ def test_enhanced_multiframe_image_reads_as_its_classic_series(dicom_series, tmp
              for item in image.PerFrameFunctionalGroupsSequence]
     assert enhanced.meta["frames"] == list(np.argsort(along) + 1) != sorted(enhanced.meta["frames"])
     assert load_ct(tmp_path / "enhanced").meta["frames"] == enhanced.meta["frames"]  # a folder holding it
+    image.compress(RLELossless)  # compressed frames (encapsulated, one fragment each) decode the same
+    image.save_as(tmp_path / "rle.dcm")
+    np.testing.assert_array_equal(load_ct(tmp_path / "rle.dcm").array, classic.array)
 
 
 def test_multiframe_file_that_does_not_describe_its_frames_is_refused(dicom_series, tmp_path: Path) -> None:
