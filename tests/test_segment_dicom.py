@@ -106,9 +106,9 @@ def test_enhanced_image_masks_and_dicom_seg_follow_its_frames(dicom_series, tmp_
 def test_gantry_tilted_series_masks_lie_on_the_source_slices(dicom_series, tmp_path: Path) -> None:
     """A ball scanned with a 20 degree tilt: the mask of each stored slice covers the ball where that slice cut it.
 
-    The slices' origins drift 15 mm across the ball, so a mask placed as if the stack were orthogonal misses
-    half of it; the model sees the scan resampled to an orthogonal grid, and its labels come back through
-    the sheared affine.
+    Where they cut the ball, the slices' origins have drifted about 15 mm sideways, so a mask placed as if the
+    stack were orthogonal misses much of it; the model sees the scan resampled to an orthogonal grid, and its
+    labels come back through the sheared affine.
     """
     n, rows, cols, spacing, step, tilt = 24, 48, 48, 2.0, 2.5, np.radians(20)
     z = np.arange(n) * step
