@@ -426,7 +426,6 @@ def _slice_axis(
     angle = float(np.degrees(np.arctan2(drift.max(), extent)))
     if angle <= STRAIGHT_DEG:
         return normal * step
-    worst = ordered[int(np.argmax(drift))].name
     off_line = np.linalg.norm(sideways - np.outer((dist - dist[0]) / extent, sideways[-1]), axis=1)
     pixel = float(min(_floats(ordered[0].header.PixelSpacing)))
     if off_line.max() > LINE_TOL * pixel:
@@ -439,7 +438,8 @@ def _slice_axis(
     if angle > MAX_TILT_DEG:
         raise CTReadError(
             f"slice origins of {label} lean {angle:.2f} degrees from the slice normal (up to {drift.max():.2f} mm "
-            f"sideways, e.g. {worst}{tag_txt}): more than a gantry tilts ({MAX_TILT_DEG:g} degrees)"
+            f"sideways, e.g. {ordered[int(np.argmax(drift))].name}{tag_txt}): more than a gantry tilts "
+            f"({MAX_TILT_DEG:g} degrees)"
         )
     warnings.append(
         f"gantry tilt of {angle:.2f} degrees in {label}{tag_txt}: the volume keeps the slices' sheared grid, so "
