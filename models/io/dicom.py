@@ -31,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 from models.io.dicom_pixels import NoPixelData, decode_series, decode_workers
 from models.io.reader import LPS_TO_RAS, CTImage, CTReadError, canonicalise
 
-__all__ = ["load_dicom_files", "load_dicom_folder", "load_dicom_zip"]
+__all__ = ["frame_headers", "load_dicom_files", "load_dicom_folder", "load_dicom_zip"]
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an image
 STRAIGHT_DEG = 0.05  # slice origins within this angle of the normal: an orthogonal stack
@@ -206,6 +206,15 @@ def _frames_of(name: str, ds: Dataset, opener: Callable[[], BinaryIO | str]) -> 
     shared ones), and frames may be stored in any order. Giving each frame a classic header lets the
     one ordering, gap, tilt and rescale logic of this module handle both kinds of series.
     """
+    return [_Slice(path=name, header=h, opener=opener, frame=f) for f, h in enumerate(frame_headers(name, ds))]
+
+
+def frame_headers(name: str, ds: Dataset) -> list[Dataset]:
+    """The classic header (position, orientation, spacing, rescale...) of every frame of a multi-frame ``ds``.
+
+    A frame's own functional group wins over the shared one. ``name`` (the file) is for the error raised
+    when the frames are not described one by one.
+    """
     n = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != n:
@@ -216,7 +225,7 @@ def _frames_of(name: str, ds: Dataset, opener: Callable[[], BinaryIO | str]) -> 
         )
     shared_groups = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_groups[0] if shared_groups else Dataset()
-    frames = []
+    headers = []
     for f in range(n):
         header = Dataset()
         for keyword in _IMAGE_TAGS:
@@ -230,8 +239,8 @@ def _frames_of(name: str, ds: Dataset, opener: Callable[[], BinaryIO | str]) -> 
                     break
         if hasattr(ds, "file_meta"):
             header.file_meta = ds.file_meta
-        frames.append(_Slice(path=name, header=header, opener=opener, frame=f))
-    return frames
+        headers.append(header)
+    return headers
 
 
 def _group_series(slices: list[_Slice]) -> dict[str, list[_Slice]]:
