@@ -20,7 +20,7 @@ from conftest import write_enhanced_ct
 from segment_helpers import ThresholdNet, dice, threshold_labels, threshold_spec
 
 from models.inference import SegmentationResult, Segmenter, SegmentOptions, write_outputs
-from models.io.reader import load_ct
+from models.io.reader import load_ct, load_label
 
 THRESHOLDS = (0.5, 150.5)
 
@@ -63,6 +63,9 @@ def _check_seg_matches_nifti(result: SegmentationResult, out: Path) -> None:
     for organ_id, name in result.organ_names.items():
         expected = (nifti == organ_id).transpose(2, 1, 0)  # (column, row, slice) -> frames (slice, row, column)
         np.testing.assert_array_equal(masks[name], expected)
+    # and our own reader, which finetuning and evaluation use, puts the SEG back on the scan's voxels
+    as_label = load_label(out / "segmentation.dcm", like=result.ct, names=result.organ_names)
+    np.testing.assert_array_equal(as_label, result.canonical_labels())
 
 
 @pytest.mark.parametrize(

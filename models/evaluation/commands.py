@@ -50,7 +50,8 @@ def evaluate(
     except (ModelDirError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return
-    evaluation = evaluate_cases(segmenter, chosen, mapping=mapping, tolerance_mm=tolerance_mm, progress=progress)
+    evaluation = evaluate_cases(segmenter, chosen, mapping=mapping, dataset_labels=dataset.labels,
+                                tolerance_mm=tolerance_mm, progress=progress)
     doc = write_report(
         evaluation,
         out,

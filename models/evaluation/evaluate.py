@@ -55,21 +55,28 @@ def evaluate_cases(
     cases: list[Case],
     *,
     mapping: dict[int, int] | None = None,
+    dataset_labels: dict[int, str] | None = None,
     tolerance_mm: float = 2.0,
     progress: bool = False,
 ) -> Evaluation:
-    """Dice, HD95 and NSD per case and organ; a case that cannot be read is reported, the rest go on."""
+    """Dice, HD95 and NSD per case and organ; a case that cannot be read is reported, the rest go on.
+
+    ``dataset_labels`` (the dataset's label id -> name) names the segments of DICOM-SEG references.
+    """
     from tqdm.auto import tqdm
+
+    from models.finetune.labels import source_label_names
 
     check_labelled(cases)
     organs = segmenter.spec.organ_names
+    names = source_label_names(dataset_labels or {}, mapping, organs)
     result = Evaluation()
     for case in tqdm(cases, desc="evaluate", disable=not progress):
         t0 = time.perf_counter()
         try:
             seg = segmenter.segment(case.image)
             assert case.label is not None
-            ref = remap(load_label(case.label, like=seg.ct), mapping)
+            ref = remap(load_label(case.label, like=seg.ct, names=names), mapping)
         except (CTReadError, ValueError, FileNotFoundError) as exc:
             log.error("%s: %s", case.id, exc)
             result.errors[case.id] = str(exc)

@@ -102,6 +102,7 @@ def finetune(
             out,
             labels=labels,
             mapping=mapping,
+            dataset_labels=dataset.labels,
             provenance={"data": run_info["data"], "dataset": dataset.name, "command": sys.argv},
             resume=resume is not None,
             progress=progress,

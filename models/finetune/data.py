@@ -92,7 +92,9 @@ def _source_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def pair_key(case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None) -> str:
+def pair_key(
+    case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None, names: dict[int, str] | None = None
+) -> str:
     """Cache key over the source files (path, size, mtime) and every setting that changes the result."""
     images = case.image if isinstance(case.image, list) else [case.image]
     h = hashlib.sha1()
@@ -104,6 +106,7 @@ def pair_key(case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None
         "hu": (cfg.hu_min, cfg.hu_max),
         "fg": cfg.foreground_crop,
         "map": sorted(mapping.items()) if mapping else None,
+        "names": sorted(names.items()) if names else None,
         "v": CACHE_VERSION,
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
@@ -116,12 +119,17 @@ def _remap(label: torch.Tensor, mapping: dict[int, int]) -> torch.Tensor:
     return label.copy_(torch.from_numpy(mapped).to(label.dtype))
 
 
-def preprocess_pipeline(cfg: FinetuneDataConfig, mapping: dict[int, int] | None) -> Compose:
-    """Reader → label remap → spacing → HU window to [0, 1] → foreground crop (MONAI dict transforms)."""
+def preprocess_pipeline(
+    cfg: FinetuneDataConfig, mapping: dict[int, int] | None, names: dict[int, str] | None = None
+) -> Compose:
+    """Reader → label remap → spacing → HU window to [0, 1] → foreground crop (MONAI dict transforms).
+
+    ``names`` (the dataset's label id -> name, before ``mapping``) is what DICOM-SEG labels are matched to.
+    """
     from models.io.monai_load import LoadCTd
 
     keys = ["image", "label"]
-    steps: list[Any] = [LoadCTd(keys="image", label_keys="label")]
+    steps: list[Any] = [LoadCTd(keys="image", label_keys="label", label_names=names)]
     if mapping:
         steps.append(Lambdad("label", lambda x: _remap(x, mapping)))
     steps += [
@@ -135,12 +143,13 @@ def preprocess_pipeline(cfg: FinetuneDataConfig, mapping: dict[int, int] | None)
 
 
 def preprocess_pair(
-    case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None, n_labels: int
+    case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None, n_labels: int,
+    names: dict[int, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(1, X, Y, Z) float16 image in [0, 1] and uint8 label at ``cfg.spacing``; checks the label ids."""
     if case.label is None:
         raise DataError(f"case {case.id}: no label map")
-    out = preprocess_pipeline(cfg, mapping)({"image": case.image, "label": case.label})
+    out = preprocess_pipeline(cfg, mapping, names)({"image": case.image, "label": case.label})
     image = np.asarray(out["image"].numpy(), dtype=np.float16)
     label = np.rint(out["label"].numpy())
     top = int(label.max()) if label.size else 0
@@ -153,15 +162,16 @@ def preprocess_pair(
 
 
 def cached_pair(
-    case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None, n_labels: int, cache_dir: Path
+    case: Case, cfg: FinetuneDataConfig, mapping: dict[int, int] | None, n_labels: int, cache_dir: Path,
+    names: dict[int, str] | None = None,
 ) -> tuple[Path, Path]:
     """Paths of the cached image and label of ``case``, preprocessing it first if needed."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = pair_key(case, cfg, mapping)
+    key = pair_key(case, cfg, mapping, names)
     img_path, lab_path = cache_dir / f"{key}.image.npy", cache_dir / f"{key}.label.npy"
     if img_path.exists() and lab_path.exists():
         return img_path, lab_path
-    image, label = preprocess_pair(case, cfg, mapping, n_labels)
+    image, label = preprocess_pair(case, cfg, mapping, n_labels, names)
     for arr, target in ((label, lab_path), (image, img_path)):  # image last: it marks a complete entry
         tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, arr)

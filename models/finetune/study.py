@@ -197,8 +197,8 @@ def label_efficiency(
             log.info("study run %d/%d: %s", i + 1, len(grid), run.name)
             train, val = split_cases(dataset, cfg)
             result = finetune(cfg, train.cases, val.cases, run_dir, labels=labels, mapping=mapping,
-                              provenance={"study": str(out), **asdict(run)}, progress=progress, device=device,
-                              resume=(run_dir / CHECKPOINT).exists())  # fmt: skip
+                              dataset_labels=dataset.labels, provenance={"study": str(out), **asdict(run)},
+                              progress=progress, device=device, resume=(run_dir / CHECKPOINT).exists())  # fmt: skip
             if not result["completed"]:  # interrupted: keep what is done, let a rerun continue
                 log.warning("study interrupted during %s; rerun the same command to continue", run.name)
                 break

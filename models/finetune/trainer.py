@@ -40,6 +40,7 @@ from models.finetune.data import (
     contrast_offsets,
 )
 from models.finetune.evaluate import evaluate
+from models.finetune.labels import source_label_names
 from models.finetune.transfer import TransferReport, load_teacher_state, random_init_report, transfer_weights
 from models.modeldir import LabelInfo, ModelSpec, Preprocessing, SegNetwork, save_model
 from models.training import (
@@ -105,8 +106,8 @@ def model_spec(
 
 
 def _prepare(
-    cases: list[Case], data: FinetuneDataConfig, mapping: dict[int, int] | None, n_labels: int, cache_dir: Path,
-    ctx: Dist, show: bool, what: str,
+    cases: list[Case], data: FinetuneDataConfig, mapping: dict[int, int] | None, names: dict[int, str],
+    n_labels: int, cache_dir: Path, ctx: Dist, show: bool, what: str,
 ) -> list[tuple[Path, Path]]:  # fmt: skip
     """Preprocess every case once (main process first; the others then find the cache filled)."""
     from tqdm.auto import tqdm
@@ -114,10 +115,10 @@ def _prepare(
     entries: list[tuple[Path, Path]] = []
     if ctx.main:
         bar = tqdm(cases, f"preprocessing {what}", disable=not show)
-        entries = [cached_pair(c, data, mapping, n_labels, cache_dir) for c in bar]
+        entries = [cached_pair(c, data, mapping, n_labels, cache_dir, names) for c in bar]
     ctx.barrier()
     if not ctx.main:
-        entries = [cached_pair(c, data, mapping, n_labels, cache_dir) for c in cases]
+        entries = [cached_pair(c, data, mapping, n_labels, cache_dir, names) for c in cases]
     return entries
 
 
@@ -145,6 +146,7 @@ def finetune(
     *,
     labels: dict[int, LabelInfo],
     mapping: dict[int, int] | None = None,
+    dataset_labels: dict[int, str] | None = None,
     provenance: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -153,6 +155,7 @@ def finetune(
 ) -> dict[str, Any]:
     """Run (or continue) finetuning into ``out``; returns the step reached and the best validation figures.
 
+    ``dataset_labels`` (the dataset's label id -> name) names the segments of DICOM-SEG labels.
     ``stop_at`` ends this session after that global step with a checkpoint, exactly as an interruption
     would (the schedule still spans the whole run), so ``resume=True`` can continue it.
     """
@@ -176,13 +179,14 @@ def finetune(
         save_config(cfg, out / "config.yaml")
     n_labels = len(labels)
     organ_names = {i: info.name for i, info in labels.items() if i != 0}
+    names = source_label_names(dataset_labels or {}, mapping, organ_names)
 
     # ---- data ----
     cache_dir = cfg.data.cache_dir or out / "cache"
     train_store, val_store, coarse_store = _stores(
-        _prepare(train_cases, cfg.data, mapping, n_labels, cache_dir, ctx, progress, "training cases"),
-        _prepare(val_cases, cfg.data, mapping, n_labels, cache_dir, ctx, progress, "validation cases"),
-        _prepare(train_cases, coarse_data_config(cfg.data), mapping, n_labels, cache_dir, ctx, progress,
+        _prepare(train_cases, cfg.data, mapping, names, n_labels, cache_dir, ctx, progress, "training cases"),
+        _prepare(val_cases, cfg.data, mapping, names, n_labels, cache_dir, ctx, progress, "validation cases"),
+        _prepare(train_cases, coarse_data_config(cfg.data), mapping, names, n_labels, cache_dir, ctx, progress,
                  "training cases at the fast spacing") if cfg.data.coarse_prob > 0 else None,
         cfg.data.cache_ram_mb,
     )

@@ -46,14 +46,16 @@ def ct_to_metatensor(array: np.ndarray, ct: CTImage, key: str = "image") -> Meta
 class LoadCTd(MapTransform):
     """Load ``keys`` with :func:`load_ct` and ``label_keys`` with :func:`load_label` on the first key's grid.
 
-    Labels keep an integer dtype; images are float32 HU.
+    Labels keep an integer dtype; images are float32 HU. ``label_names`` (label id -> name) is what a
+    DICOM-SEG label's segments are matched to.
     """
 
     def __init__(self, keys: KeysCollection, label_keys: Sequence[str] | str = (), series_uid: str | None = None,
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, label_names: Mapping[int, str] | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
         self.series_uid = series_uid
+        self.label_names = dict(label_names) if label_names else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -69,5 +71,5 @@ class LoadCTd(MapTransform):
                 raise KeyError(f"LoadCTd: label key {key!r} not in data")
             if first is None:
                 raise ValueError("LoadCTd: label_keys need at least one image key to define the grid")
-            d[key] = ct_to_metatensor(load_label(d[key], like=first), first, key)
+            d[key] = ct_to_metatensor(load_label(d[key], like=first, names=self.label_names), first, key)
         return d

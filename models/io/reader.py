@@ -14,7 +14,7 @@ Formats: NIfTI (.nii, .nii.gz), DICOM series (folder, .zip, list of files; see
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -485,16 +485,25 @@ def _grids_match(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> bool
     )
 
 
-def load_label(path: str | Path, like: CTImage) -> np.ndarray:
-    """Read a label/mask NIfTI defined on the scan's grid, in ``like.array``'s voxel order.
+def load_label(path: str | Path, like: CTImage, names: Mapping[int, str] | None = None) -> np.ndarray:
+    """Read a label map defined on the scan's grid, in ``like.array``'s voxel order.
 
-    The label may be stored in any axis order/flip of that grid (e.g. LAS from dcm2niix for an LPS
-    DICOM): it is canonicalised the same way and must then have exactly the scan's canonical
-    shape and affine, else :class:`CTReadError` (we never resample a label silently).
+    NIfTI, NRRD and MetaImage labels may be stored in any axis order/flip of that grid (e.g. LAS from
+    dcm2niix for an LPS DICOM): they are canonicalised the same way and must then have exactly the scan's
+    canonical shape and affine, else :class:`CTReadError` (we never resample a label silently). A DICOM-SEG
+    is placed frame by frame and its segments become the ids of ``names`` (label id -> name) whose names
+    they carry (:mod:`models.io.seg_label`).
     """
     path = Path(path)
     if not path.exists():
         raise CTReadError(f"no such label file: {path}")
+    from models.io.seg_label import dicom_modality, load_seg_label
+
+    modality = dicom_modality(path)
+    if modality == "SEG":
+        return load_seg_label(path, like, names)
+    if modality is not None:
+        raise CTReadError(f"label {path} is a DICOM {modality} image, not a segmentation (DICOM-SEG) or label map")
     suffix = _suffix(path)
     if suffix in ITK_SUFFIXES:
         lab_img = _load_itk(path)
