@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 
 import models
 from models.inference.segmenter import SegmentationResult
+from models.io.reader import CTImage
 
 # organ name -> SNOMED CT concept known to pydicom (laterality is carried by the segment label)
 _PROPERTY_TYPES = {
@@ -93,6 +94,26 @@ def _complete_type2(headers: list[Dataset]) -> None:
                 setattr(h, attr, "")
 
 
+def source_headers(ct: CTImage, what: str) -> tuple[list[Dataset], list[str]]:
+    """The source files' headers, ready to be referenced by a derived object (``what``: "DICOM-SEG", ...).
+
+    One header per file (a multi-frame image: one for all its slices), in slice order; missing type-2
+    attributes added empty, blank UIDs substituted (the returned warning says so).
+    """
+    if ct.meta.get("format") != "dicom":
+        raise ValueError(f"a {what} needs a DICOM input series")
+    files = list(dict.fromkeys(ct.meta["files"]))  # a multi-frame image: one file for every slice
+    sop_uids = list(dict(zip(ct.meta["files"], ct.meta.get("sop_instance_uids", []), strict=False)).values())
+    headers = read_source_headers(files)
+    _complete_type2(headers)
+    fixed = _fill_blank_uids(headers, sop_uids, files)
+    warnings = []
+    if fixed:
+        warnings.append(f"the source series has blank {', '.join(fixed)} (anonymised?): the {what} references "
+                        "substitute UIDs, so it lines up with the images but will not link to them in a PACS")
+    return headers, warnings
+
+
 def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
     """Write ``result`` as a binary DICOM-SEG at ``path``; returns warnings (empty when all went cleanly).
 
@@ -100,17 +121,7 @@ def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
     organ's name, the colour its display colour). Organs with no voxel get no segment.
     """
     ct = result.ct
-    if ct.meta.get("format") != "dicom":
-        raise ValueError("a DICOM-SEG needs a DICOM input series")
-    files = list(dict.fromkeys(ct.meta["files"]))  # a multi-frame image: one file for every slice
-    sop_uids = list(dict(zip(ct.meta["files"], ct.meta.get("sop_instance_uids", []), strict=False)).values())
-    headers = read_source_headers(files)
-    warnings = []
-    _complete_type2(headers)
-    fixed = _fill_blank_uids(headers, sop_uids, files)
-    if fixed:
-        warnings.append(f"the source series has blank {', '.join(fixed)} (anonymised?): the DICOM-SEG references "
-                        "substitute UIDs, so it lines up with the images but will not link to them in a PACS")
+    headers, warnings = source_headers(ct, "DICOM-SEG")
     present = [o for o in result.stats["organs"] if o["voxels"] > 0]
     if not present:
         return [*warnings, "no organ was found: no DICOM-SEG written"]
