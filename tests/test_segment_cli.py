@@ -80,7 +80,7 @@ def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path
     series = dicom_series("dcm", n=12, rows=40, cols=36, pixel_spacing=(5.0, 5.0), step=6.0)
     out = tmp_path / "out"
     res = _run(ras, broken, lps, series.folder, "--model", model_dir, "--out", out, "--split", "--fp32",
-               "--organs", "liver,spleen")
+               "--organs", "liver,spleen", "--rtstruct")
     assert res.exit_code == 2, res.output
     assert "broken.nii.gz" in res.output and "1 of 4 input(s) failed" in res.output
     summary = json.loads((out / "summary.json").read_text())
@@ -103,6 +103,10 @@ def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path
         # read ahead (models.io.read_ahead): "load" is the wait, read_s the whole read
         assert 0 <= report["timings_s"]["load"] <= report["read_s"] + 0.01
     assert (out / "dcm" / "segmentation.dcm").exists() and not (out / "a" / "segmentation.dcm").exists()
+    # --rtstruct: contours for the DICOM input (when the random model found an organ), a warning for NIfTI
+    found = json.loads((out / "dcm" / "report.json").read_text())["organs_found"]
+    assert (out / "dcm" / "rtstruct.dcm").exists() == bool(found)
+    assert any("no RTSTRUCT" in w for w in json.loads((out / "a" / "report.json").read_text())["warnings"])
     dcm = nib.load(str(out / "dcm" / "segmentation.nii.gz"))
     assert dcm.shape == series.hu.shape
     np.testing.assert_allclose(dcm.affine, series.affine, atol=1e-4)

@@ -7,6 +7,7 @@ Files (``DIR/``)::
     segmentation.json      {"labels": {"1": {"name": ..., "color": [r, g, b]}, ...}}: the legend for any viewer
     organs/<name>.nii.gz   with split: one 0/1 mask per organ
     segmentation.dcm       for DICOM input (unless disabled): a DICOM-SEG referencing the source series
+    rtstruct.dcm           for DICOM input, when asked: the organs as contours (RT Structure Set)
     stats.json, stats.csv  per organ: volume, HU mean/std, centroid, bounding box (see models.inference.stats)
     preview.png            three planes with the coloured masks and a legend
     report.json            model, versions, device, options, input, passes, seconds per stage, warnings
@@ -33,6 +34,7 @@ from models.io.reader import apply_nifti_forms
 NIFTI_NAME = "segmentation.nii.gz"
 LABELS_NAME = "segmentation.json"
 DICOM_SEG_NAME = "segmentation.dcm"
+RTSTRUCT_NAME = "rtstruct.dcm"
 NIFTI_COMMENT_CODE = 6  # NIfTI-1 extension code "comment": free text, kept by nibabel, ITK and most tools
 
 
@@ -84,12 +86,13 @@ def organ_file_name(name: str) -> str:
 
 
 def write_outputs(
-    result: SegmentationResult, out_dir: Path, *, split: bool = False, dicom_seg: bool = True, preview: bool = True
+    result: SegmentationResult, out_dir: Path, *, split: bool = False, dicom_seg: bool = True, rtstruct: bool = False,
+    preview: bool = True,
 ) -> dict[str, Path]:
     """Write every output of ``result`` into ``out_dir``; returns name -> path. Adds ``timings['write']``.
 
-    A DICOM-SEG is written only for DICOM input; if highdicom refuses it, the reason becomes a warning
-    in report.json and the other files are still written.
+    A DICOM-SEG (and, with ``rtstruct``, an RT Structure Set) is written only for DICOM input; if one cannot
+    be written, the reason becomes a warning in report.json and the other files are still written.
     """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +116,17 @@ def write_outputs(
             result.warnings.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
         if (out_dir / DICOM_SEG_NAME).exists():
             written["dicom_seg"] = out_dir / DICOM_SEG_NAME
+    if rtstruct and result.ct.meta.get("format") != "dicom":
+        result.warnings.append("no RTSTRUCT: it references the source images, and the input is not DICOM")
+    elif rtstruct:
+        from models.inference.rtstruct import write_rtstruct
+
+        try:
+            result.warnings.extend(write_rtstruct(result, out_dir / RTSTRUCT_NAME))
+        except Exception as exc:  # as for the SEG: a failed RTSTRUCT must not cost the other outputs
+            result.warnings.append(f"RTSTRUCT not written: {type(exc).__name__}: {exc}")
+        if (out_dir / RTSTRUCT_NAME).exists():
+            written["rtstruct"] = out_dir / RTSTRUCT_NAME
     (out_dir / "stats.json").write_text(json.dumps(result.stats, indent=1))
     (out_dir / "stats.csv").write_text(stats_csv(result.stats))
     written["stats_json"], written["stats_csv"] = out_dir / "stats.json", out_dir / "stats.csv"
