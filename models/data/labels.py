@@ -8,6 +8,7 @@ phantoms can be evaluated on BTCV without any remapping.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 BACKGROUND = 0
 SPLEEN = 1
@@ -92,3 +93,41 @@ draws from."""
 def normalise_organ_name(name: str) -> str:
     """Case, spaces, underscores and hyphens do not matter: 'Right_Kidney' == 'right kidney'."""
     return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+TG263_NAMES: dict[str, str] = {
+    "A_Aorta": "aorta",
+    "V_Venacava_I": "inferior vena cava",
+    "Glnd_Adrenal_R": "right adrenal gland",
+    "Glnd_Adrenal_L": "left adrenal gland",
+    "Kidney_R": "right kidney",
+    "Kidney_L": "left kidney",
+}
+"""The BTCV organs' names in AAPM TG-263 (radiotherapy structure naming) where they differ by more than case,
+spacing and side: what structure sets from treatment planning systems call them."""
+
+_SIDES = {"r": "right", "rt": "right", "l": "left", "lt": "left"}
+_SYNONYMS = {normalise_organ_name(k): v for k, v in TG263_NAMES.items()}
+
+
+def organ_key(name: str) -> tuple[str, ...]:
+    """The words of an organ's name, free of case, word order, side abbreviations and TG-263 spelling.
+
+    'Kidney_R', 'kidney right' and 'Right Kidney' share one key, as do 'A_Aorta' and 'aorta': what names from
+    other tools (DICOM-SEG segments, RTSTRUCT ROIs) are matched to a label set by.
+    """
+    plain = normalise_organ_name(name)
+    words = normalise_organ_name(_SYNONYMS.get(plain, plain)).split()
+    return tuple(sorted(_SIDES.get(w, w) for w in words))
+
+
+def match_labels(candidates: Mapping[int, Sequence[str]], names: Mapping[int, str]) -> dict[int, int | None]:
+    """Item (a segment, a ROI) -> the label id the first of its candidate names matches by :func:`organ_key`, or None.
+
+    ``names`` is label id -> name; id 0 (background) is never matched.
+    """
+    by_key = {organ_key(name): i for i, name in names.items() if i != 0}
+    return {
+        item: next((by_key[organ_key(n)] for n in options if organ_key(n) in by_key), None)
+        for item, options in candidates.items()
+    }

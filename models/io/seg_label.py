@@ -6,9 +6,9 @@ NIfTI in two ways, and each is handled here rather than left to the user:
 
 - **Segments are named, not numbered by the label set.** Segment numbers are 1..N in the order the tool
   wrote them, so they are matched to the label ids by name: the segment's label, else its property type
-  (with laterality, "Right Kidney"). Case, spacing, underscores and word order do not matter
-  ("kidney_right" is "right kidney"). A segment that names no label is an error: silently dropping it
-  would teach the model that its voxels are background.
+  (with laterality, "Right Kidney"). Case, spacing, underscores, word order, side abbreviations and TG-263
+  spellings do not matter ("Kidney_R" is "right kidney": :func:`models.data.labels.organ_key`). A segment
+  that names no label is an error: silently dropping it would teach the model that its voxels are background.
 - **Frames are placed by position.** Each frame carries its own position, orientation and spacing;
   empty frames are often left out and the rest may come in any order. Every frame must lie on a plane of
   the scan's grid (within :data:`GRID_TOL` of a voxel at its corners); a SEG on another grid is refused, never
@@ -31,7 +31,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels
 
-from models.data.labels import normalise_organ_name
+from models.data.labels import match_labels
 from models.io.dicom import frame_headers
 from models.io.reader import LPS_TO_RAS, CTImage, CTReadError
 
@@ -54,11 +54,6 @@ def dicom_modality(path: Path) -> str | None:
     if sop_class in (SEG_STORAGE, LABELMAP_SEG_STORAGE):
         return "SEG"
     return str(ds.get("Modality", "") or "unknown")
-
-
-def _name_key(name: str) -> tuple[str, ...]:
-    """Words of a name, case- and order-free: 'Kidney_Right' and 'right kidney' share one key."""
-    return tuple(sorted(normalise_organ_name(name).split()))
 
 
 def _segment_names(item: Dataset) -> list[str]:
@@ -86,18 +81,12 @@ def segment_ids(ds: Dataset, names: Mapping[int, str] | None, path: Path) -> dic
             f"{path} is a DICOM-SEG: its segments are matched to label ids by name, and no label names are known "
             "(give the dataset's 'labels' in its dataset.json)"
         )
-    by_key = {_name_key(name): i for i, name in names.items() if i != 0}
-    ids: dict[int, int] = {}
-    unknown = []
-    for item in segments:
-        if int(item.get("SegmentNumber", -1)) == 0:  # a label map's background, where it is described
-            continue
-        candidates = _segment_names(item)
-        hit = next((by_key[_name_key(n)] for n in candidates if _name_key(n) in by_key), None)
-        if hit is None:
-            unknown.append(f"{item.get('SegmentNumber', '?')} '{candidates[0] if candidates else ''}'")
-        else:
-            ids[int(item.SegmentNumber)] = hit
+    candidates = {  # segment 0: a label map's background, where it is described
+        int(item.SegmentNumber): _segment_names(item) for item in segments if int(item.get("SegmentNumber", 0)) != 0
+    }
+    matched = match_labels(candidates, names)
+    ids = {number: label for number, label in matched.items() if label is not None}
+    unknown = [f"{n} '{(candidates[n] or [''])[0]}'" for n, label in matched.items() if label is None]
     if unknown:
         known = ", ".join(f"{i} {n}" for i, n in sorted(names.items()) if i != 0)
         raise CTReadError(
