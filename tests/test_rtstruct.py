@@ -21,7 +21,7 @@ from segment_helpers import ThresholdNet, threshold_labels, threshold_spec
 
 from models.inference import Segmenter, SegmentOptions, write_outputs
 from models.inference.rtstruct import slice_contours
-from models.io.reader import load_ct
+from models.io.reader import load_ct, load_label
 
 THRESHOLDS = (0.5, 150.5)
 
@@ -138,6 +138,13 @@ def test_rtstruct_contours_fill_back_to_every_slice_mask(dicom_series, tmp_path:
     expected = {(uid, None): labels[:, :, k].T for k, uid in enumerate(series.sop_uids)}
     _check_against_slices(files["rtstruct"], planes, expected)
     assert not [w for w in result.warnings if "RTSTRUCT" in w]
+    _reads_back(result, files["rtstruct"])
+
+
+def _reads_back(result, path: Path) -> None:
+    """Our own label reader (finetuning, evaluation) fills the structure set back onto the scan's voxels."""
+    np.testing.assert_array_equal(load_label(path, like=result.ct, names=result.organ_names),
+                                  result.canonical_labels())  # fmt: skip
 
 
 def test_rtstruct_of_a_tilted_series_lies_on_its_slices(tmp_path: Path) -> None:
@@ -150,6 +157,7 @@ def test_rtstruct_of_a_tilted_series_lies_on_its_slices(tmp_path: Path) -> None:
     planes = {(uid, None): d for uid, d in zip(series.sop_uids, series.datasets, strict=True)}
     expected = {(uid, None): result.labels[:, :, k].T for k, uid in enumerate(series.sop_uids)}
     _check_against_slices(files["rtstruct"], planes, expected)
+    _reads_back(result, files["rtstruct"])
 
 
 def test_rtstruct_of_an_enhanced_image_references_its_frames(dicom_series, tmp_path: Path) -> None:
@@ -165,6 +173,7 @@ def test_rtstruct_of_an_enhanced_image_references_its_frames(dicom_series, tmp_p
     labels = threshold_labels(series.hu, THRESHOLDS)
     expected = {(uid, frame): labels[:, :, k].T for k, frame in enumerate(result.ct.meta["frames"])}
     _check_against_slices(files["rtstruct"], planes, expected)
+    _reads_back(result, files["rtstruct"])
 
 
 def test_no_rtstruct_for_nifti_input_or_without_organs(dicom_series, tmp_path: Path) -> None:
@@ -204,5 +213,6 @@ def test_real_series_rtstruct_fills_back_to_the_nifti_mask(ct_sample_dir: Path, 
     planes = {(uid, None): headers[uid] for uid in ct.meta["sop_instance_uids"]}
     expected = {(uid, None): result.labels[:, :, k].T for k, uid in enumerate(ct.meta["sop_instance_uids"])}
     _check_against_slices(files["rtstruct"], planes, expected)
+    _reads_back(result, files["rtstruct"])
     assert any("RTSTRUCT references substitute UIDs" in w for w in result.warnings)
     assert files["rtstruct"].stat().st_size < 20e6

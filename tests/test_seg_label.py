@@ -194,7 +194,7 @@ def test_broken_segs_and_images_as_labels_are_refused(tmp_path: Path) -> None:
     series = _series(tmp_path)
     ct = load_ct(series.folder)
     names = {1: "liver", 2: "spleen"}
-    with pytest.raises(CTReadError, match=r"is a DICOM CT image, not a segmentation"):
+    with pytest.raises(CTReadError, match=r"is a DICOM CT image, not a segmentation \(DICOM-SEG, RTSTRUCT\)"):
         load_label(series.files[0], like=ct, names=names)
 
     path = tmp_path / "seg.dcm"

@@ -492,18 +492,24 @@ def load_label(path: str | Path, like: CTImage, names: Mapping[int, str] | None 
     dcm2niix for an LPS DICOM): they are canonicalised the same way and must then have exactly the scan's
     canonical shape and affine, else :class:`CTReadError` (we never resample a label silently). A DICOM-SEG
     is placed frame by frame and its segments become the ids of ``names`` (label id -> name) whose names
-    they carry (:mod:`models.io.seg_label`).
+    they carry (:mod:`models.io.seg_label`); an RTSTRUCT's contours are filled on the slices they lie on, its
+    ROIs matched to ``names`` the same way (:mod:`models.io.rtstruct_label`).
     """
     path = Path(path)
     if not path.exists():
         raise CTReadError(f"no such label file: {path}")
+    from models.io.rtstruct_label import load_rtstruct_label
     from models.io.seg_label import dicom_modality, load_seg_label
 
     modality = dicom_modality(path)
     if modality == "SEG":
         return load_seg_label(path, like, names)
+    if modality == "RTSTRUCT":
+        return load_rtstruct_label(path, like, names)
     if modality is not None:
-        raise CTReadError(f"label {path} is a DICOM {modality} image, not a segmentation (DICOM-SEG) or label map")
+        raise CTReadError(
+            f"label {path} is a DICOM {modality} image, not a segmentation (DICOM-SEG, RTSTRUCT) or label map"
+        )
     suffix = _suffix(path)
     if suffix in ITK_SUFFIXES:
         lab_img = _load_itk(path)
