@@ -66,6 +66,28 @@ def _check_seg_matches_nifti(result: SegmentationResult, out: Path) -> None:
     # and our own reader, which finetuning and evaluation use, puts the SEG back on the scan's voxels
     as_label = load_label(out / "segmentation.dcm", like=result.ct, names=result.organ_names)
     np.testing.assert_array_equal(as_label, result.canonical_labels())
+    _check_measurements(result, out)
+
+
+def _check_measurements(result: SegmentationResult, out: Path) -> None:
+    """measurements.dcm: one TID 1500 group per organ found, on its SEG segment, with stats.json's figures."""
+    seg = pydicom.dcmread(out / "segmentation.dcm", stop_before_pixels=True)
+    labels = {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence}
+    sr = hd.sr.srread(out / "measurements.dcm")
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID and sr.PatientID == seg.PatientID
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    stats = {o["name"]: o for o in json.loads((out / "stats.json").read_text())["organs"] if o["voxels"]}
+    assert sorted(g.tracking_identifier for g in groups) == sorted(stats)
+    for group in groups:
+        organ = stats[group.tracking_identifier]
+        ref = group.referenced_segment
+        assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert [labels[n] for n in ref.referenced_segment_numbers] == [organ["name"]]
+        figures = {(m.name.meaning, m.derivation.meaning if m.derivation else None): (m.value, m.unit.value)
+                   for m in group.get_measurements()}  # fmt: skip
+        assert figures[("Volume", None)] == (pytest.approx(organ["volume_ml"], rel=1e-9), "mL")
+        assert figures[("Attenuation Coefficient", "Mean")] == (pytest.approx(organ["hu_mean"], rel=1e-9), "[hnsf'U]")
+        assert figures[("Attenuation Coefficient", "Standard Deviation")][0] == pytest.approx(organ["hu_std"], rel=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +180,7 @@ def test_dicom_zip_and_organs_and_no_dicom_seg(dicom_series, tmp_path: Path) -> 
     _check_seg_matches_nifti(result, out)
     files = write_outputs(result, tmp_path / "out2", dicom_seg=False, preview=False)
     assert "dicom_seg" not in files and not (tmp_path / "out2" / "segmentation.dcm").exists()
+    assert "dicom_sr" not in files  # the measurement report references the SEG: none without it
 
 
 @pytest.mark.realdata
@@ -212,3 +235,18 @@ def test_dicom_file_list_input(dicom_series, tmp_path: Path) -> None:
     result = _segmenter(ct.spacing).segment(files)
     np.testing.assert_array_equal(result.labels, threshold_labels(series.hu, THRESHOLDS))
     assert result.ct.meta["sop_instance_uids"] == series.sop_uids
+
+
+def test_a_failed_measurement_report_costs_nothing_else(dicom_series, tmp_path: Path, monkeypatch) -> None:
+    import models.inference.dicom_sr as dicom_sr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("invalid content item")
+
+    monkeypatch.setattr(dicom_sr, "write_measurement_report", broken)
+    series = dicom_series("ct", n=6, rows=20, cols=28)
+    result = _segmenter(load_ct(series.folder).spacing).segment(series.folder)
+    files = write_outputs(result, tmp_path / "out", preview=False)
+    assert {"segmentation", "dicom_seg", "stats_json", "report"} <= set(files) and "dicom_sr" not in files
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "measurement report (DICOM SR) not written: RuntimeError: invalid content item" in report["warnings"]

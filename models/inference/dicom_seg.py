@@ -40,7 +40,7 @@ _PROPERTY_TYPES = {
 }  # fmt: skip
 
 
-def _property_type(name: str) -> pydicom.sr.coding.Code:
+def property_type(name: str) -> pydicom.sr.coding.Code:
     attr = _PROPERTY_TYPES.get(name.lower().replace("_", " "))
     return getattr(codes.SCT, attr) if attr else codes.SCT.Organ
 
@@ -137,7 +137,7 @@ def write_dicom_seg(result: SegmentationResult, path: Path) -> list[str]:
             segment_number=number,
             segment_label=organ["name"][:64],
             segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=_property_type(organ["name"]),
+            segmented_property_type=property_type(organ["name"]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(*info.color),

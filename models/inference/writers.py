@@ -7,6 +7,7 @@ Files (``DIR/``)::
     segmentation.json      {"labels": {"1": {"name": ..., "color": [r, g, b]}, ...}}: the legend for any viewer
     organs/<name>.nii.gz   with split: one 0/1 mask per organ
     segmentation.dcm       for DICOM input (unless disabled): a DICOM-SEG referencing the source series
+    measurements.dcm       with the DICOM-SEG: the organs' volume and HU as a DICOM SR (TID 1500) referencing it
     rtstruct.dcm           for DICOM input, when asked: the organs as contours (RT Structure Set)
     stats.json, stats.csv  per organ: volume, HU mean/std, centroid, bounding box (see models.inference.stats)
     preview.png            three planes with the coloured masks and a legend
@@ -35,6 +36,7 @@ NIFTI_NAME = "segmentation.nii.gz"
 LABELS_NAME = "segmentation.json"
 DICOM_SEG_NAME = "segmentation.dcm"
 RTSTRUCT_NAME = "rtstruct.dcm"
+MEASUREMENTS_NAME = "measurements.dcm"
 NIFTI_COMMENT_CODE = 6  # NIfTI-1 extension code "comment": free text, kept by nibabel, ITK and most tools
 
 
@@ -116,6 +118,7 @@ def write_outputs(
             result.warnings.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
         if (out_dir / DICOM_SEG_NAME).exists():
             written["dicom_seg"] = out_dir / DICOM_SEG_NAME
+            written.update(_measurement_report(result, out_dir))
     if rtstruct and result.ct.meta.get("format") != "dicom":
         result.warnings.append("no RTSTRUCT: it references the source images, and the input is not DICOM")
     elif rtstruct:
@@ -140,6 +143,20 @@ def write_outputs(
     result.timings["write"] = time.perf_counter() - t0
     written["report"] = write_report(result, out_dir / "report.json", written)
     return written
+
+
+def _measurement_report(result: SegmentationResult, out_dir: Path) -> dict[str, Path]:
+    """The DICOM SR of the organs' figures, referencing the DICOM-SEG just written (a failure is a warning)."""
+    from models.inference.dicom_sr import write_measurement_report
+
+    try:
+        result.warnings.extend(
+            write_measurement_report(result, out_dir / DICOM_SEG_NAME, out_dir / MEASUREMENTS_NAME)
+        )
+    except Exception as exc:  # highdicom validates hard; the figures are in stats.json anyway
+        result.warnings.append(f"measurement report (DICOM SR) not written: {type(exc).__name__}: {exc}")
+    path = out_dir / MEASUREMENTS_NAME
+    return {"dicom_sr": path} if path.exists() else {}
 
 
 def report(result: SegmentationResult, files: dict[str, Path] | None = None) -> dict[str, Any]:
