@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import build_dicom_series
+from conftest import build_dicom_series, write_enhanced_ct
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from models.io import dicom_pixels
-from models.io.dicom import load_dicom_folder, load_dicom_zip
+from models.io.dicom import load_dicom_files, load_dicom_folder, load_dicom_zip
 from models.io.dicom_pixels import POOL_MIN_SLICES, decode_series, decode_workers
 from models.io.reader import CTReadError
 
@@ -85,3 +85,52 @@ def test_a_daemonic_process_decodes_in_process(j2k_series, tmp_path: Path) -> No
     child.join(120)
     assert child.exitcode == 0
     np.testing.assert_array_equal(np.load(out), load_dicom_folder(j2k_series.folder).array)
+
+
+def _enhanced_rle(series, path: Path, broken_frame: int | None = None) -> Path:
+    """The series as one RLE-compressed enhanced image, frames shuffled; optionally one frame undecodable."""
+    from pydicom.encaps import generate_frames
+
+    datasets = []
+    for f in series.files:
+        ds = pydicom.dcmread(f)
+        ds.decompress()
+        datasets.append(ds)
+    order = np.random.default_rng(1).permutation(len(datasets)).tolist()
+    image = write_enhanced_ct(datasets, path, frame_order=order)
+    image.compress(RLELossless)
+    if broken_frame is not None:
+        frames = list(generate_frames(image.PixelData, number_of_frames=int(image.NumberOfFrames)))
+        frames[broken_frame] = b"\x01\x00\x00\x00" + bytes(60) + b"not RLE"
+        image.PixelData = encapsulate(frames)
+    image.save_as(path)
+    return path
+
+
+@two_cpus
+def test_an_enhanced_image_shares_its_frames_out(j2k_series, tmp_path: Path, monkeypatch) -> None:
+    """One multi-frame file of N frames, per-frame rescale: decoded in chunks on the pool, the classic volume."""
+    import models.io.dicom as dicom
+
+    path = _enhanced_rle(j2k_series, tmp_path / "enhanced.dcm")
+    calls = []
+
+    def spy(source: str, n_frames: int, workers: int):
+        calls.append((n_frames, workers))
+        return dicom_pixels.decode_multiframe(source, n_frames, workers)
+
+    monkeypatch.setattr(dicom, "decode_multiframe", spy)
+    pooled = dicom.load_dicom_files([path])
+    assert calls == [(N, 2)]
+    np.testing.assert_array_equal(pooled.array, load_dicom_folder(j2k_series.folder).array)
+    monkeypatch.setattr(dicom_pixels, "POOL_MIN_SLICES", 10**9)  # the in-process route, for comparison
+    np.testing.assert_array_equal(dicom.load_dicom_files([path]).array, pooled.array)
+    assert len(calls) == 1
+
+
+@two_cpus
+def test_a_broken_frame_of_an_enhanced_image_is_named(j2k_series, tmp_path: Path) -> None:
+    path = _enhanced_rle(j2k_series, tmp_path / "enhanced.dcm", broken_frame=N - 3)
+    with pytest.raises(CTReadError, match=r"cannot decode pixel data of DICOM file .*enhanced.dcm.*RLE Lossless"):
+        load_dicom_files([path])
+    assert not multiprocessing.active_children()

@@ -28,7 +28,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from models.io.dicom_pixels import NoPixelData, decode_series, decode_workers
+from models.io.dicom_pixels import NoPixelData, decode_multiframe, decode_series, decode_workers
 from models.io.reader import LPS_TO_RAS, CTImage, CTReadError, canonicalise
 
 __all__ = ["frame_headers", "load_dicom_files", "load_dicom_folder", "load_dicom_zip"]
@@ -471,8 +471,14 @@ def _read_pixels(ordered: list[_Slice], label: str) -> np.ndarray:
         members[s.path].append(k)
     files = [ordered[ks[0]] for ks in members.values()]
     syntax = getattr(getattr(h0, "file_meta", None), "TransferSyntaxUID", None)
-    workers = decode_workers(len(files), compressed=bool(syntax is not None and syntax.is_compressed))
-    with contextlib.closing(decode_series([f.opener for f in files], workers)) as decoded:
+    compressed = bool(syntax is not None and syntax.is_compressed)
+    n_frames = max(s.frame or 0 for s in ordered) + 1
+    source = files[0].opener() if len(files) == 1 and files[0].frame is not None else None
+    if isinstance(source, str) and decode_workers(n_frames, compressed) > 1:  # an enhanced image: frames shared out
+        stream = decode_multiframe(source, n_frames, decode_workers(n_frames, compressed))
+    else:
+        stream = decode_series([f.opener for f in files], decode_workers(len(files), compressed))
+    with contextlib.closing(stream) as decoded:
         for first in files:
             try:
                 pixels, slope, intercept = next(decoded)
