@@ -7,6 +7,7 @@ median seconds over repeats for each writer, the ratios to the SEG, and the stru
 contours, points, bytes). Needs `asa sample-data` first.
 
     python bench/dicom_exports.py --repeats 5 --out bench/results/dicom_exports_cpu.json
+    python bench/dicom_exports.py --repeats 3 --copies 15 --out bench/results/dicom_exports_300_cpu.json
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from dicom_decode import long_series
 from jsonout import emit_json
+from nibabel.orientations import apply_orientation
 
 from models.data.sample import sample_cache_dir
 from models.finetune.labels import apply_label_map, load_label_map
@@ -32,12 +35,20 @@ from models.io.reader import load_ct, load_label
 from models.modeldir import btcv_labels
 
 
-def reference_result() -> SegmentationResult:
-    """The sample series with its reference organs as if a model had found them."""
+def reference_result(copies: int = 1, workdir: Path = Path("/tmp/asa-bench-dicom")) -> SegmentationResult:
+    """The sample series with its reference organs as if a model had found them; ``copies`` > 1 stacks both
+    that many times along the slices (``bench/dicom_decode.py``'s long series: clinical length, real organs)."""
     root = sample_cache_dir()
     ct = load_ct(root / "example_ct_dicom")
     mapping, _ = load_label_map("totalseg_to_btcv")
     canonical = apply_label_map(load_label(root / "example_seg_dicom.nii.gz", like=ct), mapping).astype(np.uint8)
+    if copies > 1:
+        source = np.tile(ct.to_source(canonical), (1, 1, copies))
+        short = ct.to_source(ct.array)
+        ct = load_ct(long_series(workdir / f"j2k_x{copies}", copies))
+        if not np.array_equal(ct.to_source(ct.array), np.tile(short, (1, 1, copies))):
+            raise RuntimeError("the stacked series' slices are not the sample's, repeated: labels would not fit")
+        canonical = np.ascontiguousarray(apply_orientation(source, ct.source.to_canonical_transform))
     labels = btcv_labels()
     stats = organ_stats(canonical, ct, {i: info.name for i, info in labels.items() if i})
     return SegmentationResult(ct=ct, labels=ct.to_source(canonical), affine=ct.source.affine, label_info=labels,
@@ -47,9 +58,10 @@ def reference_result() -> SegmentationResult:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--copies", type=int, default=1, help="stack the 20-slice series (15: 300 slices)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = reference_result()
+    result = reference_result(args.copies)
     seconds: dict[str, list[float]] = {"rtstruct": [], "dicom_seg": [], "dicom_sr": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -69,7 +81,8 @@ def main() -> None:
     emit_json(
         {
             "bench": "dicom_exports",
-            "scan": "TotalSegmentator sample, DICOM series 512 x 512 x 20 (JPEG 2000)",
+            "scan": f"TotalSegmentator sample, DICOM series 512 x 512 x {20 * args.copies} (JPEG 2000)"
+            + (f", stacked {args.copies} times" if args.copies > 1 else ""),
             "repeats": args.repeats,
             "median_s": {k: round(v, 4) for k, v in median.items()},
             "over_dicom_seg": {k: round(median[k] / median["dicom_seg"], 3) for k in ("rtstruct", "dicom_sr")},

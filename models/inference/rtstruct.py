@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from contourpy import LineType, contour_generator
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 from scipy import ndimage
 
@@ -31,6 +34,7 @@ from models.io.reader import LPS_TO_RAS
 
 __all__ = ["slice_contours", "write_rtstruct"]
 
+_CONTOUR_DATA = Tag("ContourData")
 _STUDY_COMPONENT = "1.2.840.10008.3.1.2.3.1"  # the class RT objects conventionally reference a study by
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
            "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID")  # fmt: skip
@@ -59,9 +63,23 @@ def _corners(points: np.ndarray) -> np.ndarray:
     return points[turns] if turns.sum() >= 3 else points
 
 
-def _ds(values: np.ndarray) -> list[str]:
-    """Decimal strings of at most 16 characters (the DS limit), to a micrometre."""
-    return [f"{v:.3f}".rstrip("0").rstrip(".") if abs(v) < 1e9 else f"{v:.6g}" for v in values]
+def _contour(values: np.ndarray, image: Dataset) -> Dataset:
+    """One closed planar contour item; ``values`` are its points' x, y, z in mm (LPS), ``image`` the slice's reference.
+
+    ContourData is stored as the bytes it is written as: decimal strings of at most 16 characters (the DS
+    limit), to a micrometre, valid by construction. As a parsed value, pydicom would make and check a decimal
+    object of every coordinate: 5 of 6 s under the profiler for 300 slices. A raw element is written as it is
+    when the item's own encoding (explicit VR little endian, default character set) is the file's.
+    """
+    text = "\\".join(f"{v:.3f}".rstrip("0").rstrip(".") if abs(v) < 1e9 else f"{v:.6g}" for v in values)
+    data = text.encode("ascii") + b" " * (len(text) % 2)  # values have an even length
+    contour = Dataset()
+    contour.set_original_encoding(False, True, default_encoding)
+    contour.ContourImageSequence = [image]
+    contour.ContourGeometricType = "CLOSED_PLANAR"
+    contour.NumberOfContourPoints = len(values) // 3
+    contour[_CONTOUR_DATA] = RawDataElement(_CONTOUR_DATA, "DS", len(data), data, 0, False, True, True, False)
+    return contour
 
 
 def write_rtstruct(result: SegmentationResult, path: Path) -> list[str]:
@@ -128,12 +146,7 @@ def _organ_contours(
             n = len(points)
             ijk = np.column_stack([points + corner, np.full(n, float(k)), np.ones(n)])
             lps = (ijk @ voxel_to_lps.T)[:, :3]
-            contour = Dataset()
-            contour.ContourImageSequence = [images[k]]
-            contour.ContourGeometricType = "CLOSED_PLANAR"
-            contour.NumberOfContourPoints = len(lps)
-            contour.ContourData = _ds(lps.ravel())
-            items.append(contour)
+            items.append(_contour(lps.ravel(), images[k]))
     return Sequence(items)
 
 
