@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import zipfile
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -133,4 +135,17 @@ def test_a_broken_frame_of_an_enhanced_image_is_named(j2k_series, tmp_path: Path
     path = _enhanced_rle(j2k_series, tmp_path / "enhanced.dcm", broken_frame=N - 3)
     with pytest.raises(CTReadError, match=r"cannot decode pixel data of DICOM file .*enhanced.dcm.*RLE Lossless"):
         load_dicom_files([path])
+    assert not multiprocessing.active_children()
+
+
+def _die_in_a_worker(x: int) -> int:
+    if multiprocessing.parent_process() is not None:  # a worker: die as an out-of-memory kill would
+        os._exit(9)
+    return x
+
+
+@two_cpus
+def test_a_dead_worker_is_reported_with_what_usually_kills_one() -> None:
+    with pytest.raises(BrokenProcessPool, match=r"worker process died: out of memory, a decoder crash.*__main__"):
+        list(dicom_pixels._mapped(_die_in_a_worker, [(i,) for i in range(4)], workers=2))
     assert not multiprocessing.active_children()

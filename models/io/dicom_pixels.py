@@ -20,6 +20,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import BinaryIO
 
 import numpy as np
@@ -71,7 +72,9 @@ def _mapped(function: Callable, tasks: Sequence[tuple], workers: int) -> Iterato
     """``function(*task)`` of every task, in order; on ``workers`` processes when more than one.
 
     A task's error is raised at its turn, with its own type. A pool that cannot start (``AssertionError`` in
-    a daemonic process, ``OSError`` when out of processes) falls back to running the tasks here.
+    a daemonic process, ``OSError`` when out of processes) falls back to running the tasks here. A worker
+    that dies is not retried here (a decoder that crashes on a file would take this process down with it):
+    the ``BrokenProcessPool`` raised says what usually kills one.
     """
     if workers > 1:
         pool: ProcessPoolExecutor | None = None
@@ -84,6 +87,11 @@ def _mapped(function: Callable, tasks: Sequence[tuple], workers: int) -> Iterato
         else:
             try:
                 yield from results
+            except BrokenProcessPool as exc:
+                raise BrokenProcessPool(
+                    "a decoding worker process died: out of memory, a decoder crash on this file, or a Python "
+                    "script without an `if __name__ == '__main__':` guard (its workers re-run it as they start)"
+                ) from exc
             finally:  # also when the caller stops early: drop the tasks not run yet
                 pool.shutdown(wait=True, cancel_futures=True)
             return
