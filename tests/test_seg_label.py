@@ -274,3 +274,17 @@ def test_finetune_cli_trains_on_seg_labels(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     spec = json.loads((tmp_path / "run" / "model.json").read_text())
     assert [v["name"] for v in spec["labels"].values()] == ["background", "soft tissue", "dense"]
+
+
+@pytest.mark.realdata
+def test_totalsegmentator_names_match_the_btcv_organs_they_map_to(ct_sample_dir: Path) -> None:
+    """A TotalSegmentator DICOM-SEG names its segments by its own classes: each one the shipped map sends to a
+    BTCV organ must match that organ by name, so such a SEG trains a BTCV model without a map."""
+    from models.data.labels import BTCV_LABELS, organ_key
+    from models.finetune.labels import load_label_map
+
+    total = {int(k): v for k, v in json.loads((ct_sample_dir / "labels_total.json").read_text()).items()}
+    mapping, _ = load_label_map("totalseg_to_btcv")
+    assert len(mapping) == 13
+    for source, target in mapping.items():
+        assert organ_key(total[source]) == organ_key(BTCV_LABELS[target]), (total[source], BTCV_LABELS[target])

@@ -106,15 +106,20 @@ TG263_NAMES: dict[str, str] = {
 """The BTCV organs' names in AAPM TG-263 (radiotherapy structure naming) where they differ by more than case,
 spacing and side: what structure sets from treatment planning systems call them."""
 
+TOTALSEGMENTATOR_NAMES: dict[str, str] = {"portal_vein_and_splenic_vein": "portal and splenic veins"}
+"""The BTCV organs' names in TotalSegmentator's class list where word order and sides are not the only
+difference (its DICOM-SEGs label segments so)."""
+
 _SIDES = {"r": "right", "rt": "right", "l": "left", "lt": "left"}
-_SYNONYMS = {normalise_organ_name(k): v for k, v in TG263_NAMES.items()}
+_SYNONYMS = {normalise_organ_name(k): v for k, v in {**TG263_NAMES, **TOTALSEGMENTATOR_NAMES}.items()}
 
 
 def organ_key(name: str) -> tuple[str, ...]:
     """The words of an organ's name, free of case, word order, side abbreviations and TG-263 spelling.
 
-    'Kidney_R', 'kidney right' and 'Right Kidney' share one key, as do 'A_Aorta' and 'aorta': what names from
-    other tools (DICOM-SEG segments, RTSTRUCT ROIs) are matched to a label set by.
+    'Kidney_R', 'kidney right' and 'Right Kidney' share one key, as do 'A_Aorta' and 'aorta' (TG-263) or
+    'adrenal_gland_left' and 'left adrenal gland' (TotalSegmentator): what names from other tools (DICOM-SEG
+    segments, RTSTRUCT ROIs) are matched to a label set by.
     """
     plain = normalise_organ_name(name)
     words = normalise_organ_name(_SYNONYMS.get(plain, plain)).split()
