@@ -199,6 +199,9 @@ def test_broken_segs_and_images_as_labels_are_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "seg.dcm"
     write_seg(series, _frames(_source_labels(series.hu.shape)), [_segment(1, "liver"), _segment(2, "spleen")], path)
+    with pytest.raises(CTReadError, match=r"modality SEG, not CT .*a label: give it as a dataset's 'label'"):
+        load_ct(path)  # a SEG given as a scan
+
     ds = pydicom.dcmread(path)
     ds.PerFrameFunctionalGroupsSequence[0].SegmentIdentificationSequence[0].ReferencedSegmentNumber = 7
     ds.save_as(tmp_path / "undescribed.dcm")

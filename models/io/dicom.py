@@ -52,6 +52,7 @@ _FRAME_GROUPS = {
     "WindowCenter": "FrameVOILUTSequence",
     "WindowWidth": "FrameVOILUTSequence",
 }
+_LABELS = ("SEG", "RTSTRUCT")  # modalities of label objects, which are read by models.io.reader.load_label
 # what the reader reads from a slice's top level besides those: copied into every frame's header
 _IMAGE_TAGS = ("SOPInstanceUID", "SOPClassUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID",
                "FrameOfReferenceUID", "SeriesDescription", "Rows", "Columns", "GantryDetectorTilt", "ImageType")
@@ -280,9 +281,10 @@ def _choose_series(
         mods = sorted({s[0].modality or "<missing>" for s in groups.values()})
         if len(groups) == 1:
             uid = next(iter(groups))
+            hint = " (a label: give it as a dataset's 'label', with the scan as 'image')" if mods[0] in _LABELS else ""
             raise CTReadError(
                 f"series {uid or '<no SeriesInstanceUID>'} in {origin} has modality {mods[0]}, not CT "
-                f"(e.g. file {groups[uid][0].name})"
+                f"(e.g. file {groups[uid][0].name}){hint}"
             )
         raise CTReadError(f"no CT series in {origin}; found modalities {', '.join(mods)}")
     chosen = max(ct, key=lambda u: len(ct[u]))
