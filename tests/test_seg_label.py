@@ -190,7 +190,7 @@ def test_seg_of_another_grid_or_a_longer_series_is_refused(tmp_path: Path) -> No
         load_label(tmp_path / "longer.dcm", like=ct, names={1: "liver"})
 
 
-def test_broken_segs_and_images_as_labels_are_refused(tmp_path: Path) -> None:
+def test_broken_segs_images_as_labels_and_segs_as_scans_are_refused(tmp_path: Path) -> None:
     series = _series(tmp_path)
     ct = load_ct(series.folder)
     names = {1: "liver", 2: "spleen"}
