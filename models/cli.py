@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 
 app.command("info")(io_commands.info)
+app.command("convert-label")(io_commands.convert_label)
 app.command("phantom")(data_commands.phantom)
 app.command("sample-data")(io_commands.sample_data)
 app.command("pretrain")(asa_commands.pretrain)
