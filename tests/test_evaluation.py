@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from models.cli import app
 from models.data.datasets import Case
 from models.evaluation.evaluate import evaluate_cases
-from models.evaluation.metrics import case_metrics, organ_metrics, summarise
+from models.evaluation.metrics import METRICS, case_metrics, organ_metrics, summarise
 from models.evaluation.report import write_report
 from models.inference import Segmenter
 
@@ -40,7 +40,20 @@ def cube(shape=(30, 30, 30), start=(10, 10, 10), size=10) -> np.ndarray:
 # -- metrics ---------------------------------------------------------------------------------------
 def test_identical_masks_are_perfect() -> None:
     m = organ_metrics(cube(), cube(), (1.5, 1.5, 3.0), tolerance_mm=1.0)
-    assert m == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0}
+    assert m == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "abs_volume_error_pct": 0.0, "volume_error_pct": 0.0,
+                 "volume_pred_ml": pytest.approx(6.75), "volume_ref_ml": pytest.approx(6.75)}  # 1000 x 6.75 mm³
+
+
+def test_volume_error_is_relative_to_the_reference_and_signed() -> None:
+    big, small = cube(size=10), cube(size=8)  # 1000 and 512 voxels of 2 mm³
+    over = organ_metrics(big, small, (1.0, 1.0, 2.0), 1.0)
+    assert over["volume_pred_ml"] == pytest.approx(2.0) and over["volume_ref_ml"] == pytest.approx(1.024)
+    assert over["volume_error_pct"] == pytest.approx(95.3125) and over["abs_volume_error_pct"] == pytest.approx(95.3125)
+    under = organ_metrics(small, big, (1.0, 1.0, 2.0), 1.0)
+    assert under["volume_error_pct"] == pytest.approx(-48.8) and under["abs_volume_error_pct"] == pytest.approx(48.8)
+    empty = np.zeros_like(big)
+    assert organ_metrics(empty, big, (1, 1, 1), 1.0)["volume_error_pct"] == -100.0
+    assert math.isnan(organ_metrics(big, empty, (1, 1, 1), 1.0)["volume_error_pct"])  # no reference to compare to
 
 
 def test_shifted_cube_has_the_expected_dice_distance_and_nsd() -> None:
@@ -59,7 +72,7 @@ def test_shifted_cube_has_the_expected_dice_distance_and_nsd() -> None:
 def test_absent_organs_follow_the_btcv_conventions() -> None:
     empty = np.zeros((8, 8, 8), bool)
     both = organ_metrics(empty, empty, (1, 1, 1), 1.0)
-    assert all(math.isnan(v) for v in both.values())
+    assert all(math.isnan(both[m]) for m in METRICS) and both["volume_ref_ml"] == 0.0
     missed = organ_metrics(empty, cube((8, 8, 8), (2, 2, 2), 3), (1, 1, 1), 1.0)
     assert missed["dice"] == 0.0 and missed["nsd"] == 0.0 and math.isnan(missed["hd95"])
     with pytest.raises(ValueError, match="same grid"):
@@ -109,11 +122,15 @@ def test_evaluate_cases_scores_a_perfect_model_perfectly(labelled_cases: list[Ca
     assert set(evaluation.per_case) == {"ras", "lps"} and not evaluation.errors
     for organs in evaluation.per_case.values():
         for values in organs.values():
-            assert values == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0}
+            assert {m: values[m] for m in METRICS} == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "abs_volume_error_pct": 0}
+            assert values["volume_pred_ml"] == values["volume_ref_ml"] > 0
+    # the same physical scan stored RAS and LPS: the same volumes
+    assert evaluation.per_case["ras"]["dense"]["volume_ref_ml"] == evaluation.per_case["lps"]["dense"]["volume_ref_ml"]
     doc = write_report(evaluation, tmp_path, {"model": "threshold"})
-    assert doc["mean"] == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0}
+    assert doc["mean"] == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "abs_volume_error_pct": 0.0}
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "case,organ,dice,hd95,nsd" and len(rows) == 1 + 2 * 2
+    assert rows[0] == ("case,organ,dice,hd95,nsd,abs_volume_error_pct,volume_pred_ml,volume_ref_ml,"
+                       "volume_error_pct") and len(rows) == 1 + 2 * 2  # fmt: skip
     assert (tmp_path / "dice.png").stat().st_size > 1000
 
     # a label map that swaps the two classes of the reference: the same model now scores 0

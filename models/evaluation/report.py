@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from models.evaluation.evaluate import Evaluation
-from models.evaluation.metrics import METRICS
+from models.evaluation.metrics import METRICS, VOLUMES
 
 
 def _clean(value: Any) -> Any:
@@ -37,10 +37,11 @@ def write_report(evaluation: Evaluation, out: Path, meta: dict[str, Any]) -> dic
     (out / "metrics.json").write_text(json.dumps(doc, indent=2))
     with (out / "metrics.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["case", "organ", *METRICS])
+        columns = (*METRICS, *VOLUMES)
+        writer.writerow(["case", "organ", *columns])
         for cid, organs in evaluation.per_case.items():
             for organ, values in organs.items():
-                writer.writerow([cid, organ, *("" if math.isnan(values[m]) else f"{values[m]:.6g}" for m in METRICS)])
+                writer.writerow([cid, organ, *("" if math.isnan(values[m]) else f"{values[m]:.6g}" for m in columns)])
     if evaluation.per_case:
         plot_dice(evaluation, out / "dice.png")
     return doc
