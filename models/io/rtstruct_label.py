@@ -63,9 +63,8 @@ def _roi_names(ds: Dataset, path: Path) -> dict[int, str]:
     return {int(r.ROINumber): str(r.get("ROIName", "") or "") for r in rois}
 
 
-def _roi_ids(ds: Dataset, names: Mapping[int, str] | None, path: Path) -> dict[int, int]:
+def _roi_ids(roi_names: dict[int, str], names: Mapping[int, str] | None, path: Path) -> dict[int, int]:
     """ROI number -> label id for the ROIs that name a label (the others are logged and left out)."""
-    roi_names = _roi_names(ds, path)
     if not names:
         raise CTReadError(
             f"{path} is an RTSTRUCT: its ROIs are matched to label ids by name, and no label names are known "
@@ -109,8 +108,8 @@ def load_rtstruct_label(path: str | Path, like: CTImage, names: Mapping[int, str
         ds = pydicom.dcmread(path)
     except Exception as exc:
         raise CTReadError(f"cannot read RTSTRUCT {path}: {type(exc).__name__}: {exc}") from exc
-    ids = _roi_ids(ds, names, path)
     roi_names = _roi_names(ds, path)
+    ids = _roi_ids(roi_names, names, path)
     to_voxel = np.linalg.inv(like.affine) @ LPS_TO_RAS
     shape = like.array.shape
     out = np.zeros(shape, dtype=np.int16)
