@@ -61,7 +61,8 @@ def evaluate_cases(
 ) -> Evaluation:
     """Dice, HD95 and NSD per case and organ; a case that cannot be read is reported, the rest go on.
 
-    ``dataset_labels`` (the dataset's label id -> name) names the segments of DICOM-SEG references.
+    ``dataset_labels`` (the dataset's label id -> name) names the segments and ROIs of DICOM-SEG
+    and RTSTRUCT references.
     """
     from tqdm.auto import tqdm
 

@@ -124,7 +124,8 @@ def preprocess_pipeline(
 ) -> Compose:
     """Reader → label remap → spacing → HU window to [0, 1] → foreground crop (MONAI dict transforms).
 
-    ``names`` (the dataset's label id -> name, before ``mapping``) is what DICOM-SEG labels are matched to.
+    ``names`` (the dataset's label id -> name, before ``mapping``) is what DICOM-SEG segments and RTSTRUCT ROIs
+    are matched to.
     """
     from models.io.monai_load import LoadCTd
 

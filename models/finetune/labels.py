@@ -111,10 +111,11 @@ def model_labels(dataset: Dataset, mapping: dict[int, int] | None, map_names: di
 def source_label_names(
     dataset_labels: dict[int, str], mapping: dict[int, int] | None, model_names: dict[int, str]
 ) -> dict[int, str]:
-    """What the dataset's label ids are called, before any label map: the names DICOM-SEG segments are matched to.
+    """What the dataset's label ids are called, before any label map: what DICOM-SEG segments and RTSTRUCT ROIs are
+    matched to.
 
     The dataset's own ``labels``; without a label map, the model's organ names (its ids are then the dataset's);
-    else none are known, and a DICOM-SEG label is refused with a message saying so.
+    else none are known, and a DICOM-SEG or RTSTRUCT label is refused with a message saying so.
     """
     if dataset_labels:
         return dict(dataset_labels)

@@ -155,7 +155,8 @@ def finetune(
 ) -> dict[str, Any]:
     """Run (or continue) finetuning into ``out``; returns the step reached and the best validation figures.
 
-    ``dataset_labels`` (the dataset's label id -> name) names the segments of DICOM-SEG labels.
+    ``dataset_labels`` (the dataset's label id -> name) names the segments and ROIs of DICOM-SEG
+    and RTSTRUCT labels.
     ``stop_at`` ends this session after that global step with a checkpoint, exactly as an interruption
     would (the schedule still spans the whole run), so ``resume=True`` can continue it.
     """

@@ -47,7 +47,7 @@ class LoadCTd(MapTransform):
     """Load ``keys`` with :func:`load_ct` and ``label_keys`` with :func:`load_label` on the first key's grid.
 
     Labels keep an integer dtype; images are float32 HU. ``label_names`` (label id -> name) is what a
-    DICOM-SEG label's segments are matched to.
+    DICOM-SEG label's segments and an RTSTRUCT label's ROIs are matched to.
     """
 
     def __init__(self, keys: KeysCollection, label_keys: Sequence[str] | str = (), series_uid: str | None = None,
