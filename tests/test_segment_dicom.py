@@ -243,10 +243,12 @@ def test_a_failed_measurement_report_costs_nothing_else(dicom_series, tmp_path: 
     def broken(*args, **kwargs):
         raise RuntimeError("invalid content item")
 
-    monkeypatch.setattr(dicom_sr, "write_measurement_report", broken)
     series = dicom_series("ct", n=6, rows=20, cols=28)
     result = _segmenter(load_ct(series.folder).spacing).segment(series.folder)
-    files = write_outputs(result, tmp_path / "out", preview=False)
+    assert "dicom_sr" in write_outputs(result, tmp_path / "out", preview=False)
+    monkeypatch.setattr(dicom_sr, "write_measurement_report", broken)
+    files = write_outputs(result, tmp_path / "out", preview=False)  # the same folder again: the old SR must go
     assert {"segmentation", "dicom_seg", "stats_json", "report"} <= set(files) and "dicom_sr" not in files
+    assert not (tmp_path / "out" / "measurements.dcm").exists()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "measurement report (DICOM SR) not written: RuntimeError: invalid content item" in report["warnings"]

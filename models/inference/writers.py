@@ -109,6 +109,8 @@ def write_outputs(
             path = out_dir / "organs" / f"{organ_file_name(name)}.nii.gz"
             save_label_nifti((result.labels == organ_id).astype(np.uint8), result.affine, path, forms=forms)
             written[f"organ:{name}"] = path
+    for name in (DICOM_SEG_NAME, MEASUREMENTS_NAME, RTSTRUCT_NAME):  # a rerun's failure must not leave an old one
+        (out_dir / name).unlink(missing_ok=True)
     if dicom_seg and result.ct.meta.get("format") == "dicom":
         from models.inference.dicom_seg import write_dicom_seg  # highdicom is only imported when needed
 
