@@ -23,7 +23,7 @@ label map and one frame.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +96,11 @@ def segment_ids(ds: Dataset, names: Mapping[int, str] | None, path: Path) -> dic
     return ids
 
 
-def _frame_index(header: Dataset, inverse: np.ndarray, shape: tuple[int, ...], path: Path, frame: int) -> tuple:
-    """Where frame ``frame`` lies in the scan's voxel array: an ``np.ix_`` index and its axis order.
+def _frame_index(
+    header: Dataset, inverse: np.ndarray, shape: tuple[int, ...], path: Path, frame: int
+) -> tuple[tuple[slice, ...], Callable[[np.ndarray], np.ndarray]]:
+    """Where frame ``frame`` lies in the scan's voxel array: the slices of that plane (a view, one voxel thick),
+    and how to turn the frame's (row, column) pixels into that view's shape and order.
 
     The frame's pixel (row r, column c) sits at ``P + c * dc * X + r * dr * Y`` (DICOM patient space, LPS);
     on the scan's grid that must be a voxel centre, with rows and columns running along two of its axes.
@@ -132,14 +135,23 @@ def _frame_index(header: Dataset, inverse: np.ndarray, shape: tuple[int, ...], p
         )
     start = np.rint(origin).astype(int)
     normal = 3 - sum(axes)
-    index: list[np.ndarray] = [np.empty(0, dtype=int)] * 3
-    index[axes[0]] = start[axes[0]] + int(steps[0][axes[0]]) * np.arange(cols)
-    index[axes[1]] = start[axes[1]] + int(steps[1][axes[1]]) * np.arange(rows)
-    index[normal] = np.array([start[normal]])
-    if any(ix.min() < 0 or ix.max() >= n for ix, n in zip(index, shape, strict=True)):
+    # first and last voxel index along each axis; basic slices (not fancy indexing) keep the plane a view
+    ends = {axes[0]: (start[axes[0]], start[axes[0]] + int(steps[0][axes[0]]) * (cols - 1)),
+            axes[1]: (start[axes[1]], start[axes[1]] + int(steps[1][axes[1]]) * (rows - 1)),
+            normal: (start[normal], start[normal])}  # fmt: skip
+    if any(min(ends[d]) < 0 or max(ends[d]) >= shape[d] for d in range(3)):
         raise CTReadError(f"{where} lies (partly) outside the scan, whose canonical shape is {tuple(shape)}")
+    view = tuple(slice(min(ends[d]), max(ends[d]) + 1) for d in range(3))
     order = [axes[1], axes[0], normal]  # the frame's (row, column) and the added plane axis
-    return np.ix_(*index), [order.index(d) for d in range(3)]
+    perm = [order.index(d) for d in range(3)]
+    flip_rows, flip_cols = ends[axes[1]][1] < ends[axes[1]][0], ends[axes[0]][1] < ends[axes[0]][0]
+
+    def place(pixels: np.ndarray) -> np.ndarray:
+        pixels = pixels[::-1] if flip_rows else pixels
+        pixels = pixels[:, ::-1] if flip_cols else pixels
+        return pixels[:, :, None].transpose(perm)
+
+    return view, place
 
 
 def load_seg_label(path: str | Path, like: CTImage, names: Mapping[int, str] | None) -> np.ndarray:
@@ -159,7 +171,7 @@ def load_seg_label(path: str | Path, like: CTImage, names: Mapping[int, str] | N
     ids = segment_ids(ds, names, path)
     headers = frame_headers(str(path), ds) if "PerFrameFunctionalGroupsSequence" in ds else [ds]
     inverse = np.linalg.inv(like.affine)
-    out = np.zeros(like.array.shape, dtype=np.int16)
+    out = np.zeros(like.array.shape, dtype=np.int16, order="F")  # axial planes contiguous, as NIfTI labels are
     lut = np.zeros(max(ids) + 1, dtype=np.int16)
     for number, label in ids.items():
         lut[number] = label
@@ -180,11 +192,11 @@ def load_seg_label(path: str | Path, like: CTImage, names: Mapping[int, str] | N
                 labels = np.where(pixels >= threshold if kind == "FRACTIONAL" else pixels > 0, lut[number], 0)
             if not labels.any():
                 continue
-            index, axes = _frame_index(header, inverse, out.shape, path, f)
-            region = out[index]
-            new = labels.astype(np.int16)[:, :, None].transpose(axes)
+            view, place = _frame_index(header, inverse, out.shape, path, f)
+            region = out[view]  # a view: writing to it writes to ``out``
+            new = place(labels.astype(np.int16))
             overlap += int(((new > 0) & (region > 0) & (new != region)).sum())
-            out[index] = np.maximum(region, new)  # the higher label id wins an overlap
+            np.maximum(region, new, out=region)  # the higher label id wins an overlap
     except CTReadError:
         raise
     except Exception as exc:  # decoding: truncated pixel data, a codec that is not installed...
