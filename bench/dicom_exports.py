@@ -3,8 +3,9 @@ against the DICOM-SEG, same run.
 
 The real sample's DICOM series (512 x 512 x 20, JPEG 2000) with its reference organs (TotalSegmentator output
 mapped to the 13 BTCV organs) as the segmentation, so the contours are those of real organs. Prints JSON:
-median seconds over repeats for each writer, the ratios to the SEG, and the structure set's size (ROIs,
-contours, points, bytes). Needs `asa sample-data` first.
+median seconds over repeats for each writer, the ratios to the SEG, the structure set's size (ROIs,
+contours, points, bytes), and the time to read the SEG and the RTSTRUCT back as label maps (``load_label``,
+as finetuning and ``asa evaluate`` do) against a label NIfTI of the same map. Needs `asa sample-data` first.
 
     python bench/dicom_exports.py --repeats 5 --out bench/results/dicom_exports_cpu.json
     python bench/dicom_exports.py --repeats 3 --copies 15 --out bench/results/dicom_exports_300_cpu.json
@@ -31,6 +32,7 @@ from models.inference.dicom_sr import write_measurement_report
 from models.inference.rtstruct import write_rtstruct
 from models.inference.segmenter import SegmentationResult
 from models.inference.stats import organ_stats
+from models.inference.writers import save_label_nifti
 from models.io.reader import load_ct, load_label
 from models.modeldir import btcv_labels
 
@@ -55,6 +57,23 @@ def reference_result(copies: int = 1, workdir: Path = Path("/tmp/asa-bench-dicom
                               stats=stats, timings={})  # fmt: skip
 
 
+def read_back(result: SegmentationResult, folder: Path, repeats: int) -> dict[str, float]:
+    """Median seconds of ``load_label`` on the SEG, the RTSTRUCT and a label NIfTI of the same map; checks all three
+    give the segmentation's labels."""
+    save_label_nifti(result.labels, result.affine, folder / "label.nii.gz")
+    names = {i: info.name for i, info in result.label_info.items() if i}
+    expected = result.canonical_labels()
+    seconds: dict[str, list[float]] = {"dicom_seg": [], "rtstruct": [], "nifti": []}
+    for _ in range(repeats):
+        for name, file in (("dicom_seg", "dicom_seg.dcm"), ("rtstruct", "rtstruct.dcm"), ("nifti", "label.nii.gz")):
+            t0 = time.perf_counter()
+            labels = load_label(folder / file, like=result.ct, names=names)
+            seconds[name].append(time.perf_counter() - t0)
+            if not np.array_equal(labels, expected):
+                raise RuntimeError(f"{file} does not read back as the segmentation")
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -76,6 +95,7 @@ def main() -> None:
                 write(folder / f"{name}.dcm")
                 seconds[name].append(time.perf_counter() - t0)
         rt = pydicom.dcmread(folder / "rtstruct.dcm")
+        reading = read_back(result, folder, args.repeats)
         sizes = {name: (folder / f"{name}.dcm").stat().st_size for name in seconds}
     median = {name: statistics.median(values) for name, values in seconds.items()}
     emit_json(
@@ -92,6 +112,7 @@ def main() -> None:
                 "points": sum(c.NumberOfContourPoints for r in rt.ROIContourSequence for c in r.ContourSequence),
             },
             "bytes": sizes,
+            "read_label_median_s": {k: round(v, 4) for k, v in reading.items()},
         },
         args.out,
     )

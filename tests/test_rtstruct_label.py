@@ -43,6 +43,28 @@ def test_fill_even_odd_keeps_to_the_grid() -> None:
     assert not fill_even_odd([square - 20], (6, 5)).any()
 
 
+def test_scanline_fill_matches_point_in_polygon_on_random_polygons() -> None:
+    """Star-shaped polygons with random radii (concave, any edge direction), nested and crossing the grid's
+    edge: the scanline fill gives what matplotlib's point-in-polygon test gives, contour by contour, XORed."""
+    from matplotlib.path import Path as Polygon
+
+    rng = np.random.default_rng(0)
+    shape = (40, 33)
+    centres = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij"), -1).reshape(-1, 2)
+    for _ in range(30):
+        contours = []
+        for _ in range(int(rng.integers(1, 4))):
+            n = int(rng.integers(3, 40))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            radii = rng.uniform(2, 18, n)
+            centre = rng.uniform(-5, 45, 2)
+            contours.append(centre + np.column_stack([radii * np.cos(angles), radii * np.sin(angles)]))
+        expected = np.zeros(len(centres), bool)
+        for points in contours:
+            expected ^= Polygon(points).contains_points(centres)
+        np.testing.assert_array_equal(fill_even_odd(contours, shape), expected.reshape(shape))
+
+
 @pytest.fixture
 def structure_set(dicom_series, tmp_path: Path) -> tuple[SegmentationResult, Path]:
     """A segmentation of a shuffled series and its RTSTRUCT, ROIs named in TG-263 style ('Kidney_R')."""

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from matplotlib.path import Path as Polygon
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from models.data.labels import match_labels
 from models.io.reader import LPS_TO_RAS, CTImage, CTReadError
@@ -36,24 +36,51 @@ __all__ = ["SLICE_TOL", "fill_even_odd", "load_rtstruct_label"]
 
 log = logging.getLogger(__name__)
 
+_CONTOUR_DATA = Tag("ContourData")
 SLICE_TOL = 0.1  # a contour further than this share of a voxel from a slice of the grid: not on that slice
 
 
 def fill_even_odd(contours: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Pixel centres of a ``shape`` grid inside an odd number of ``contours`` ((n, 2) pixel coordinates).
 
-    Points may lie outside the grid (a body contour wider than the field of view): only centres on it count.
+    A scanline fill: on each row of centres (axis 0), the edges of all contours cross it at sorted positions,
+    and the centres between the 1st and 2nd, 3rd and 4th... crossing are inside. Every edge counts once per
+    row (half-open in axis 0), so a vertex on a row is not counted twice. Points may lie outside the grid (a
+    body contour wider than the field of view): only centres on it count.
     """
+    edges = [np.stack([p, np.roll(p, -1, axis=0)], axis=1) for p in contours if len(p) >= 3]
     inside = np.zeros(shape, dtype=bool)
-    for points in contours:  # only the centres in a contour's bounding box can be inside it
-        lo = np.maximum(np.floor(points.min(axis=0)).astype(int), 0)
-        hi = np.minimum(np.ceil(points.max(axis=0)).astype(int) + 1, shape)
-        if np.any(hi <= lo):
-            continue
-        a, b = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
-        hit = Polygon(points).contains_points(np.column_stack([a.ravel(), b.ravel()])).reshape(a.shape)
-        inside[lo[0] : hi[0], lo[1] : hi[1]] ^= hit
+    if not edges:
+        return inside
+    (r0, c0), (r1, c1) = np.concatenate(edges).transpose(1, 2, 0)
+    low, high = np.minimum(r0, r1), np.maximum(r0, r1)
+    first = np.maximum(np.ceil(low).astype(np.int64), 0)  # rows of centres with low <= row < high
+    stop = np.minimum(np.ceil(high).astype(np.int64), shape[0])
+    spans = np.maximum(stop - first, 0)
+    edge = np.repeat(np.arange(len(spans)), spans)
+    row = first[edge] + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
+    t = (row - r0[edge]) / (r1[edge] - r0[edge])
+    crossing = c0[edge] + t * (c1[edge] - c0[edge])
+    order = np.lexsort((crossing, row))
+    row, crossing = row[order].reshape(-1, 2), crossing[order].reshape(-1, 2)  # even per row, so pairs
+    start = np.clip(np.floor(crossing[:, 0]).astype(np.int64) + 1, 0, shape[1])  # centres strictly inside
+    end = np.clip(np.ceil(crossing[:, 1]).astype(np.int64), 0, shape[1])
+    keep = end > start
+    counts = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
+    np.add.at(counts, (row[keep, 0], start[keep]), 1)
+    np.add.at(counts, (row[keep, 0], end[keep]), -1)
+    inside[:] = np.cumsum(counts, axis=1)[:, :-1] > 0
     return inside
+
+
+def _coordinates(contour: Dataset) -> np.ndarray:
+    """ContourData as floats, parsed from the stored text: pydicom's own parsing makes and checks a decimal
+    object per coordinate, most of the time of reading a long structure set."""
+    element = contour.get_item(_CONTOUR_DATA)
+    value = element.value if element is not None else None
+    if isinstance(value, bytes):
+        return np.array(value.split(b"\\"), dtype=np.float64)
+    return np.asarray(value, dtype=np.float64)
 
 
 def _roi_names(ds: Dataset, path: Path) -> dict[int, str]:
@@ -112,7 +139,7 @@ def load_rtstruct_label(path: str | Path, like: CTImage, names: Mapping[int, str
     ids = _roi_ids(roi_names, names, path)
     to_voxel = np.linalg.inv(like.affine) @ LPS_TO_RAS
     shape = like.array.shape
-    out = np.zeros(shape, dtype=np.int16)
+    out = np.zeros(shape, dtype=np.int16, order="F")  # axial planes contiguous, as NIfTI labels are
     overlap, skipped = 0, defaultdict(int)
     for item in ds.ROIContourSequence:
         number = int(item.ReferencedROINumber)
@@ -126,8 +153,8 @@ def load_rtstruct_label(path: str | Path, like: CTImage, names: Mapping[int, str
                 continue
             where = f"RTSTRUCT {path}, ROI '{roi_names[number]}', contour {c + 1}"
             try:
-                lps = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
-            except (AttributeError, TypeError, ValueError) as exc:
+                lps = _coordinates(contour).reshape(-1, 3)
+            except (TypeError, ValueError) as exc:
                 raise CTReadError(f"{where}: no ContourData, or not x, y, z triples") from exc
             if len(lps) < 3:
                 continue
@@ -136,12 +163,16 @@ def load_rtstruct_label(path: str | Path, like: CTImage, names: Mapping[int, str
             planes[(axis, index)].append(flat)
         for (axis, index), contours in planes.items():
             plane_shape = tuple(n for d, n in enumerate(shape) if d != axis)
-            mask = fill_even_odd(contours, plane_shape)
+            points = np.concatenate(contours)  # only the contours' box of the plane can change
+            lo = np.clip(np.floor(points.min(axis=0)).astype(int), 0, plane_shape)
+            hi = np.clip(np.ceil(points.max(axis=0)).astype(int) + 1, 0, plane_shape)
+            box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]))
+            mask = fill_even_odd(contours, plane_shape)[box]
             at: list[slice | int] = [slice(None)] * 3
             at[axis] = index
-            region = out[tuple(at)]  # a view: writing to it writes to ``out``
+            region = out[tuple(at)][box]  # a view: writing to it writes to ``out``
             overlap += int((mask & (region > 0) & (region != ids[number])).sum())
-            np.maximum(region, np.where(mask, ids[number], 0).astype(np.int16), out=region)
+            np.maximum(region, np.int16(ids[number]), out=region, where=mask)
     if skipped:
         log.info("RTSTRUCT %s: contours that are not closed planes left out: %s", path, dict(skipped))
     if overlap:
