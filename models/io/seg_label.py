@@ -17,7 +17,7 @@ NIfTI in two ways, and each is handled here rather than left to the user:
 Segments may overlap (a tumour inside its organ); where they do, the higher label id wins, as in the MSD
 and KiTS label conventions, and a warning counts the voxels. BINARY, FRACTIONAL (at least half the maximum
 counts as inside) and LABELMAP segmentations are read; frames are decoded one at a time, so memory is the
-label map and one frame.
+label map, the stored (bit-packed or compressed) frames and one decoded frame.
 """
 
 from __future__ import annotations
