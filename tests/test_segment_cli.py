@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from segment_helpers import reoriented, small_phantom, swin_model_dir, write_nifti
 from typer.testing import CliRunner
@@ -80,7 +81,7 @@ def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path
     series = dicom_series("dcm", n=12, rows=40, cols=36, pixel_spacing=(5.0, 5.0), step=6.0)
     out = tmp_path / "out"
     res = _run(ras, broken, lps, series.folder, "--model", model_dir, "--out", out, "--split", "--fp32",
-               "--organs", "liver,spleen", "--rtstruct")
+               "--organs", "liver,spleen", "--rtstruct", "--compress-dicom-seg")
     assert res.exit_code == 2, res.output
     assert "broken.nii.gz" in res.output and "1 of 4 input(s) failed" in res.output
     summary = json.loads((out / "summary.json").read_text())
@@ -103,6 +104,8 @@ def test_several_inputs_one_bad_keeps_the_others(tmp_path: Path, model_dir: Path
         # read ahead (models.io.read_ahead): "load" is the wait, read_s the whole read
         assert 0 <= report["timings_s"]["load"] <= report["read_s"] + 0.01
     assert (out / "dcm" / "segmentation.dcm").exists() and not (out / "a" / "segmentation.dcm").exists()
+    syntax = pydicom.dcmread(out / "dcm" / "segmentation.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert syntax == pydicom.uid.JPEG2000Lossless  # --compress-dicom-seg
     # --rtstruct: contours for the DICOM input (when the random model found an organ), a warning for NIfTI
     found = json.loads((out / "dcm" / "report.json").read_text())["organs_found"]
     assert (out / "dcm" / "rtstruct.dcm").exists() == bool(found)

@@ -252,3 +252,13 @@ def test_a_failed_measurement_report_costs_nothing_else(dicom_series, tmp_path: 
     assert not (tmp_path / "out" / "measurements.dcm").exists()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "measurement report (DICOM SR) not written: RuntimeError: invalid content item" in report["warnings"]
+
+
+def test_a_compressed_dicom_seg_lies_on_the_same_voxels(dicom_series, tmp_path: Path) -> None:
+    """JPEG 2000 frames (``--compress-dicom-seg``), read back: the same masks as the NIfTI (sizes: bench/)."""
+    series = dicom_series("ct", n=12, rows=48, cols=40, iop=(0, 1, 0, 0, 0, -1))
+    result = _segmenter(load_ct(series.folder).spacing).segment(series.folder)
+    files = write_outputs(result, tmp_path / "out", preview=False, compress_dicom_seg=True)
+    ds = pydicom.dcmread(files["dicom_seg"], stop_before_pixels=True)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    _check_seg_matches_nifti(result, tmp_path / "out")

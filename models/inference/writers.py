@@ -89,7 +89,7 @@ def organ_file_name(name: str) -> str:
 
 def write_outputs(
     result: SegmentationResult, out_dir: Path, *, split: bool = False, dicom_seg: bool = True, rtstruct: bool = False,
-    preview: bool = True,
+    preview: bool = True, compress_dicom_seg: bool = False,
 ) -> dict[str, Path]:
     """Write every output of ``result`` into ``out_dir``; returns name -> path. Adds ``timings['write']``.
 
@@ -115,7 +115,7 @@ def write_outputs(
         from models.inference.dicom_seg import write_dicom_seg  # highdicom is only imported when needed
 
         try:
-            result.warnings.extend(write_dicom_seg(result, out_dir / DICOM_SEG_NAME))
+            result.warnings.extend(write_dicom_seg(result, out_dir / DICOM_SEG_NAME, compress=compress_dicom_seg))
         except Exception as exc:  # highdicom validates hard; a failed SEG must not cost the other outputs
             result.warnings.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
         if (out_dir / DICOM_SEG_NAME).exists():
