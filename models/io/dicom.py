@@ -476,8 +476,9 @@ def _read_pixels(ordered: list[_Slice], label: str) -> np.ndarray:
     compressed = bool(syntax is not None and syntax.is_compressed)
     n_frames = max(s.frame or 0 for s in ordered) + 1
     source = files[0].opener() if len(files) == 1 and files[0].frame is not None else None
-    if isinstance(source, str) and decode_workers(n_frames, compressed) > 1:  # an enhanced image: frames shared out
-        stream = decode_multiframe(source, n_frames, decode_workers(n_frames, compressed))
+    frame_workers = decode_workers(n_frames, compressed)
+    if isinstance(source, str) and frame_workers > 1:  # an enhanced image: its frames shared out
+        stream = decode_multiframe(source, n_frames, frame_workers)
     else:
         stream = decode_series([f.opener for f in files], decode_workers(len(files), compressed))
     with contextlib.closing(stream) as decoded:
